@@ -95,36 +95,36 @@ class Level:
 
 
 class BookSide:
-    """All levels of one side. `best()` is the level that trades first."""
+    """All levels of one side. `best` is the level that trades first (None when empty)."""
 
-    __slots__ = ("is_bid", "levels", "prices")
+    __slots__ = ("best", "is_bid", "levels", "prices")
 
     def __init__(self, is_bid: bool) -> None:
         self.is_bid = is_bid
         self.levels: dict[int, Level] = {}
         self.prices = SortedList()  # ascending, whichever the side
-
-    def best(self) -> Level | None:
-        prices = self.prices
-        if not prices:
-            return None
-        return self.levels[prices[-1] if self.is_bid else prices[0]]
+        # Cached because matching asks for it on every order; kept right by the only two
+        # methods that add or remove levels.
+        self.best: Level | None = None
 
     def level_for(self, price: int) -> Level:
         level = self.levels.get(price)
         if level is None:
             level = self.levels[price] = Level(price)
             self.prices.add(price)
+            best = self.best
+            if best is None or (price > best.price if self.is_bid else price < best.price):
+                self.best = level
         return level
 
     def drop(self, level: Level) -> None:
         del self.levels[level.price]
-        self.prices.remove(level.price)
+        prices = self.prices
+        prices.remove(level.price)
+        if level is self.best:
+            self.best = self.levels[prices[-1] if self.is_bid else prices[0]] if prices else None
 
     def levels_best_first(self) -> Iterator[Level]:
         prices = reversed(self.prices) if self.is_bid else iter(self.prices)
         levels = self.levels
         return (levels[p] for p in prices)
-
-    def order_count(self) -> int:
-        return sum(level.live for level in self.levels.values())

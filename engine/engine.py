@@ -55,10 +55,17 @@ STP_NEWEST = SelfTradePrevention.CANCEL_NEWEST
 STP_OLDEST = SelfTradePrevention.CANCEL_OLDEST
 STP_BOTH = SelfTradePrevention.CANCEL_BOTH
 STP_DECREMENT = SelfTradePrevention.DECREMENT_AND_CANCEL
-_SIDES = frozenset(Side)
-_ORDER_TYPES = frozenset(OrderType)
-_TIFS = frozenset(TimeInForce)
-_STPS = frozenset(SelfTradePrevention)
+# Every valid (side, order type, time in force, stp, post-only) combination: one set
+# lookup validates them all on the hot path; `_kind_problem` explains a miss.
+_VALID_KINDS = frozenset(
+    (side, order_type, tif, stp, post_only)
+    for side in Side
+    for order_type in OrderType
+    for tif in TimeInForce
+    for stp in SelfTradePrevention
+    for post_only in (False, True)
+    if not post_only or (order_type == LIMIT and tif == GTC)
+)
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -193,7 +200,7 @@ class Engine:
         opposite = self.asks if is_buy else self.bids
         limit = taker.price
         while taker.remaining:
-            level = opposite.best()
+            level = opposite.best
             if level is None:
                 break
             if limit and (level.price > limit if is_buy else level.price < limit):
@@ -311,7 +318,7 @@ class Engine:
         return False
 
     def _crosses(self, side: int, price: int) -> bool:
-        level = (self.asks if side == BUY else self.bids).best()
+        level = (self.asks if side == BUY else self.bids).best
         if level is None:
             return False
         return level.price <= price if side == BUY else level.price >= price
@@ -389,27 +396,15 @@ class Engine:
     # --- validation -------------------------------------------------------------------
 
     def _order_problem(self, cmd: NewOrder) -> tuple[RejectReason, str] | None:
-        if cmd.side not in _SIDES:
-            return RejectReason.INVALID_SIDE, f"side must be 1 (buy) or 2 (sell), got {cmd.side!r}"
-        if cmd.order_type not in _ORDER_TYPES:
-            return RejectReason.INVALID_ORDER_TYPE, f"unknown order type {cmd.order_type!r}"
-        if cmd.tif not in _TIFS:
-            return RejectReason.INVALID_TIME_IN_FORCE, f"unknown time in force {cmd.tif!r}"
-        if cmd.stp not in _STPS:
-            return RejectReason.INVALID_STP_MODE, f"unknown self-trade prevention mode {cmd.stp!r}"
+        if (cmd.side, cmd.order_type, cmd.tif, cmd.stp, cmd.post_only) not in _VALID_KINDS:
+            return _kind_problem(cmd)
         if type(cmd.account) is not str or type(cmd.client_order_id) is not str or not cmd.client_order_id:
             return RejectReason.INVALID_FIELD, "account and client_order_id must be non-empty strings"
         problem = self._qty_problem(cmd.qty)
+        if problem is None and cmd.order_type == LIMIT:
+            problem = self._price_problem(cmd.price)
         if problem is not None:
             return problem
-        if cmd.order_type == LIMIT:
-            problem = self._price_problem(cmd.price)
-            if problem is not None:
-                return problem
-        elif cmd.post_only:
-            return RejectReason.INVALID_ORDER_TYPE, "a market order cannot be post-only"
-        if cmd.post_only and cmd.tif != GTC:
-            return RejectReason.INVALID_TIME_IN_FORCE, "post-only orders must be GTC"
         by_client = self.accounts.get(cmd.account)
         if by_client is not None and cmd.client_order_id in by_client:
             return (
@@ -505,11 +500,11 @@ class Engine:
         return len(self.orders)
 
     def best_bid(self) -> int | None:
-        level = self.bids.best()
+        level = self.bids.best
         return None if level is None else level.price
 
     def best_ask(self) -> int | None:
-        level = self.asks.best()
+        level = self.asks.best
         return None if level is None else level.price
 
     def depth(self, n: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -567,6 +562,20 @@ class Engine:
         digest depends on the state alone — not on the machine, the Python build or the run.
         """
         return hashlib.sha256(_encode(self.checkpoint())).hexdigest()
+
+
+def _kind_problem(cmd: NewOrder) -> tuple[RejectReason, str]:
+    if cmd.side not in frozenset(Side):
+        return RejectReason.INVALID_SIDE, f"side must be 1 (buy) or 2 (sell), got {cmd.side!r}"
+    if cmd.order_type not in frozenset(OrderType):
+        return RejectReason.INVALID_ORDER_TYPE, f"unknown order type {cmd.order_type!r}"
+    if cmd.tif not in frozenset(TimeInForce):
+        return RejectReason.INVALID_TIME_IN_FORCE, f"unknown time in force {cmd.tif!r}"
+    if cmd.stp not in frozenset(SelfTradePrevention):
+        return RejectReason.INVALID_STP_MODE, f"unknown self-trade prevention mode {cmd.stp!r}"
+    if cmd.order_type == MARKET:
+        return RejectReason.INVALID_ORDER_TYPE, "a market order cannot be post-only"
+    return RejectReason.INVALID_TIME_IN_FORCE, "post-only orders must be GTC"
 
 
 def _order_id(order: Order) -> int:

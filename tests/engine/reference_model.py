@@ -155,6 +155,10 @@ class Model:
         return out
 
     def _new_problem(self, cmd: NewOrder) -> RejectReason | None:
+        if cmd.post_only and cmd.order_type == OrderType.MARKET:
+            return RejectReason.INVALID_ORDER_TYPE
+        if cmd.post_only and cmd.tif != TimeInForce.GTC:
+            return RejectReason.INVALID_TIME_IN_FORCE
         problem = self._qty_problem(cmd.qty)
         if problem is not None:
             return problem
@@ -162,10 +166,6 @@ class Model:
             problem = self._price_problem(cmd.price)
             if problem is not None:
                 return problem
-        elif cmd.post_only:
-            return RejectReason.INVALID_ORDER_TYPE
-        if cmd.post_only and cmd.tif != TimeInForce.GTC:
-            return RejectReason.INVALID_TIME_IN_FORCE
         if any(o.account == cmd.account and o.coid == cmd.client_order_id for o in self.book):
             return RejectReason.DUPLICATE_CLIENT_ORDER_ID
         if cmd.post_only and self._best_against(cmd.side, cmd.price) is not None:
