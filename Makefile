@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test lint bench clean
 
-$(STAMP): pyproject.toml
+# The engine's compiled modules are rebuilt whenever their sources change.
+$(STAMP): pyproject.toml setup.py engine/book.py engine/engine.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -15,13 +16,16 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
+	CLOBD_PURE_PYTHON=1 $(PY) -m pytest tests/engine
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	$(PY) bench/engine.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info *.so engine/*.so

@@ -11,11 +11,18 @@ Rules, in one place:
   cancelled without touching the book; post-only is rejected if it would take;
 - self-trade prevention follows the incoming order's mode;
 - an invalid command yields one `Rejected` event and changes nothing but `last_seq`.
+
+Commands are trusted to have the field *types* their structs declare (msgspec decoding
+guarantees it); every field *value* is checked here.
+
+This module and `engine.book` are plain, typed Python that mypyc compiles when the
+package is installed (see setup.py); the source stays importable and tested as is.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Any, Final
 
 import msgspec
 
@@ -44,49 +51,95 @@ from engine.messages import (
     Trade,
 )
 
-BUY = Side.BUY
-SELL = Side.SELL
-LIMIT = OrderType.LIMIT
-MARKET = OrderType.MARKET
-GTC = TimeInForce.GTC
-IOC = TimeInForce.IOC
-FOK = TimeInForce.FOK
-STP_NEWEST = SelfTradePrevention.CANCEL_NEWEST
-STP_OLDEST = SelfTradePrevention.CANCEL_OLDEST
-STP_BOTH = SelfTradePrevention.CANCEL_BOTH
-STP_DECREMENT = SelfTradePrevention.DECREMENT_AND_CANCEL
-# Every valid (side, order type, time in force, stp, post-only) combination: one set
-# lookup validates them all on the hot path; `_kind_problem` explains a miss.
-_VALID_KINDS = frozenset(
-    (side, order_type, tif, stp, post_only)
-    for side in Side
-    for order_type in OrderType
-    for tif in TimeInForce
-    for stp in SelfTradePrevention
-    for post_only in (False, True)
-    if not post_only or (order_type == LIMIT and tif == GTC)
-)
+BUY: Final = Side.BUY
+MARKET: Final = OrderType.MARKET
+GTC: Final = TimeInForce.GTC
+IOC: Final = TimeInForce.IOC
+FOK: Final = TimeInForce.FOK
+STP_NEWEST: Final = SelfTradePrevention.CANCEL_NEWEST
+STP_OLDEST: Final = SelfTradePrevention.CANCEL_OLDEST
+STP_DECREMENT: Final = SelfTradePrevention.DECREMENT_AND_CANCEL
 
-_encode = msgspec.msgpack.Encoder().encode
+_Kind = tuple[Side, OrderType, TimeInForce, SelfTradePrevention]
+
+
+def _valid_kinds() -> dict[tuple[Any, ...], _Kind]:
+    """Every valid (side, type, tif, stp, post-only) combination, mapped to its enums.
+
+    One dict lookup validates all five fields, turns raw ints into enum members, and
+    applies "a market order never rests" (market GTC becomes IOC).
+    """
+    kinds: dict[tuple[Any, ...], _Kind] = {}
+    for side in Side:
+        for order_type in OrderType:
+            for tif in TimeInForce:
+                for stp in SelfTradePrevention:
+                    for post_only in (False, True):
+                        if post_only and (order_type is MARKET or tif is not GTC):
+                            continue
+                        effective = IOC if order_type is MARKET and tif is GTC else tif
+                        kinds[(side, order_type, tif, stp, post_only)] = (side, order_type, effective, stp)
+    return kinds
+
+
+_KINDS: Final = _valid_kinds()
+
+_SIDES: Final = frozenset(Side)
+_ORDER_TYPES: Final = frozenset(OrderType)
+_TIFS: Final = frozenset(TimeInForce)
+_STPS: Final = frozenset(SelfTradePrevention)
+
+_REJECT_TEXT: Final = {
+    RejectReason.INVALID_SIDE: "side must be 1 (buy) or 2 (sell)",
+    RejectReason.INVALID_ORDER_TYPE: "order type must be 1 (limit) or 2 (market); market can't be post-only",
+    RejectReason.INVALID_TIME_IN_FORCE: "time in force must be 1 (GTC), 2 (IOC), 3 (FOK); post-only is GTC",
+    RejectReason.INVALID_STP_MODE: "self-trade prevention must be 1..4",
+    RejectReason.INVALID_FIELD: "client_order_id must not be empty",
+    RejectReason.INVALID_QUANTITY: "quantity {qty} must be positive",
+    RejectReason.QUANTITY_OFF_LOT: "quantity {qty} is not a multiple of the lot size",
+    RejectReason.QUANTITY_OUT_OF_RANGE: "quantity {qty} is outside the instrument's min/max quantity",
+    RejectReason.INVALID_PRICE: "limit price {price} must be positive",
+    RejectReason.PRICE_OFF_TICK: "price {price} is not a multiple of the tick size",
+    RejectReason.PRICE_OUT_OF_BAND: "price {price} is outside the price band",
+    RejectReason.POST_ONLY_WOULD_TAKE: "post-only order would take liquidity",
+    RejectReason.DUPLICATE_CLIENT_ORDER_ID: "client_order_id is already open for this account",
+    RejectReason.UNKNOWN_ORDER: "no such open order",
+    RejectReason.NOT_ORDER_OWNER: "order belongs to another account",
+    RejectReason.AMEND_NO_CHANGE: "amend changes neither price nor quantity",
+    RejectReason.AMEND_QUANTITY_TOO_LOW: "new quantity {qty} does not exceed the quantity already filled",
+}
+_encode: Final = msgspec.msgpack.Encoder().encode
 
 
 class Engine:
+    instrument: Instrument
+    bids: BookSide
+    asks: BookSide
+    orders: dict[int, Order]
+    accounts: dict[str, dict[str, Order]]  # account -> client_order_id -> resting order
+    next_order_id: int
+    next_trade_id: int
+    last_trade_price: int
+    last_seq: int
+    last_ts: int
+
     def __init__(self, instrument: Instrument) -> None:
         self.instrument = instrument
-        self._handlers = {
-            NewOrder: self._new_order,
-            Cancel: self._cancel,
-            Amend: self._amend,
-            MassCancel: self._mass_cancel,
-        }
+        # Read on every order; kept as plain ints rather than looked up on the spec.
+        self._tick = instrument.tick_size
+        self._lot = instrument.lot_size
+        self._min_qty = instrument.min_qty
+        self._max_qty = instrument.max_qty
+        self._min_price = instrument.min_price
+        self._max_price = instrument.max_price
+        self._band_bps = instrument.band_bps
         self._clear()
 
     def _clear(self) -> None:
-        self.bids = BookSide(is_bid=True)
-        self.asks = BookSide(is_bid=False)
-        self.orders: dict[int, Order] = {}
-        # account -> client_order_id -> resting order
-        self.accounts: dict[str, dict[str, Order]] = {}
+        self.bids = BookSide(True)
+        self.asks = BookSide(False)
+        self.orders = {}
+        self.accounts = {}
         self.next_order_id = 1
         self.next_trade_id = 1
         self.last_trade_price = 0
@@ -98,113 +151,93 @@ class Engine:
     def process(self, command: Command) -> list[Event]:
         self.last_seq = command.seq
         self.last_ts = command.ts
-        return self._handlers[type(command)](command)
+        if type(command) is NewOrder:
+            return self._new_order(command)
+        if type(command) is Cancel:
+            return self._cancel(command)
+        if type(command) is Amend:
+            return self._amend(command)
+        if type(command) is MassCancel:
+            return self._mass_cancel(command)
+        raise TypeError(f"not a command: {command!r}")
 
     def _new_order(self, cmd: NewOrder) -> list[Event]:
-        reason = self._order_problem(cmd)
-        if reason is not None:
-            return [Rejected(cmd.account, cmd.client_order_id, reason[0], reason[1])]
-        order_type = cmd.order_type
-        tif = cmd.tif
-        if order_type == MARKET:
-            price = 0
-            if tif == GTC:
-                tif = IOC  # a market order never rests
-        else:
-            price = cmd.price
-        side = cmd.side
-        if cmd.post_only and self._crosses(side, price):
-            return [
-                Rejected(
-                    cmd.account,
-                    cmd.client_order_id,
-                    RejectReason.POST_ONLY_WOULD_TAKE,
-                    "post-only order would take liquidity",
-                )
-            ]
+        raw: Any = cmd  # enum fields may hold raw ints; read them untyped until checked
+        kind = _KINDS.get((raw.side, raw.order_type, raw.tif, raw.stp, raw.post_only))
+        if kind is None:
+            return [_kind_rejected(raw)]
+        rejected = self._order_rejected(cmd, kind[1] is MARKET)
+        if rejected is not None:
+            return [rejected]
+        side, order_type, tif, stp = kind
+        post_only: bool = raw.post_only
+        price = 0 if order_type is MARKET else cmd.price
+        if post_only and self._crosses(side, price):
+            return [_rejected(cmd.account, cmd.client_order_id, RejectReason.POST_ONLY_WOULD_TAKE, 0)]
         order_id = self.next_order_id
         self.next_order_id = order_id + 1
+        account = cmd.account
+        coid = cmd.client_order_id
         qty = cmd.qty
-        order = Order(
-            order_id,
-            cmd.account,
-            cmd.client_order_id,
-            side,
-            price,
-            qty,
-            qty,
-            cmd.stp,
-            cmd.post_only,
-            cmd.ts,
-        )
-        events: list[Event] = [
-            Accepted(order_id, cmd.account, cmd.client_order_id, side, price, qty, order_type, tif)
-        ]
-        if tif == FOK and not self._fillable(order):
-            events.append(
-                Cancelled(order_id, order.account, order.client_order_id, qty, CancelReason.FOK_UNFILLABLE)
-            )
+        order = Order(order_id, account, coid, side, price, qty, qty, stp, post_only, cmd.ts)
+        events: list[Event] = [Accepted(order_id, account, coid, side, price, qty, order_type, tif)]
+        if tif is FOK and not self._fillable(order):
+            events.append(Cancelled(order_id, account, coid, qty, CancelReason.FOK_UNFILLABLE))
             return events
         self._execute(order, events)
         if order.remaining:
-            if tif == GTC:
+            if tif is GTC:
                 self._rest(order)
             else:
-                events.append(
-                    Cancelled(
-                        order_id,
-                        order.account,
-                        order.client_order_id,
-                        order.remaining,
-                        CancelReason.IOC_REMAINDER,
-                    )
-                )
+                events.append(Cancelled(order_id, account, coid, order.remaining, CancelReason.IOC_REMAINDER))
         return events
 
     def _cancel(self, cmd: Cancel) -> list[Event]:
-        order, rejected = self._owned_order(cmd)
-        if order is None:
-            return [rejected]
+        found = self._owned_order(cmd.account, cmd.order_id, cmd.orig_client_order_id)
+        if not isinstance(found, Order):
+            return [found]
         events: list[Event] = []
-        self._cancel_resting(order, CancelReason.USER, events)
+        self._cancel_resting(found, CancelReason.USER, events)
         return events
 
     def _amend(self, cmd: Amend) -> list[Event]:
-        order, rejected = self._owned_order(cmd)
-        if order is None:
-            return [rejected]
+        found = self._owned_order(cmd.account, cmd.order_id, cmd.orig_client_order_id)
+        if not isinstance(found, Order):
+            return [found]
+        order = found
         price = cmd.price or order.price
         qty = cmd.qty or order.qty
         problem = self._amend_problem(order, price, qty)
         if problem is not None:
-            return [Rejected(cmd.account, order.client_order_id, problem[0], problem[1], order.order_id)]
+            return [_rejected(cmd.account, order.client_order_id, problem, order.order_id, price, qty)]
         if price == order.price and qty < order.qty:
             return [self._reduce(order, order.qty - qty)]
         return self._replace(order, price, qty, cmd.ts)
 
     def _mass_cancel(self, cmd: MassCancel) -> list[Event]:
         events: list[Event] = []
+        mine = self.accounts.get(cmd.account)
+        if mine is None:
+            return events
         # By order id, not dict order: an amend re-inserts and a restore rebuilds the dict,
         # and neither may change which order a mass cancel reports first.
-        mine = sorted(self.accounts.get(cmd.account, {}).values(), key=_order_id)
-        for order in mine:
+        for order in sorted(mine.values(), key=_order_id):
             self._cancel_resting(order, CancelReason.MASS_CANCEL, events)
         return events
 
     # --- matching ---------------------------------------------------------------------
 
     def _execute(self, taker: Order, events: list[Event]) -> None:
-        """Match `taker` against the opposite side until it is filled, stopped by price, or
-        cancelled by self-trade prevention."""
-        is_buy = taker.side == BUY
+        """Match `taker` until it is filled, stopped by price, or cancelled by STP."""
+        is_buy = taker.side is BUY
         opposite = self.asks if is_buy else self.bids
-        limit = taker.price
+        limit = taker.price  # 0 for a market order: no limit
         while taker.remaining:
             level = opposite.best
             if level is None:
-                break
+                return
             if limit and (level.price > limit if is_buy else level.price < limit):
-                break
+                return
             self._match_level(taker, level, opposite, events)
 
     def _match_level(self, taker: Order, level: Level, side: BookSide, events: list[Event]) -> None:
@@ -212,7 +245,7 @@ class Engine:
         price = level.price
         taker_account = taker.account
         while taker.remaining and level.live:
-            maker = level.head()
+            maker = level.first()
             if maker.account == taker_account:
                 self._prevent_self_trade(taker, maker, events)
                 continue
@@ -238,26 +271,24 @@ class Engine:
                 )
             )
             if not maker.remaining:
-                level.queue.popleft()
-                level.live -= 1
-                maker.level = None
+                level.pop_first()
                 self._forget(maker)
+                events.append(Filled(maker.order_id, maker.account, maker.client_order_id, maker.qty))
                 if not level.live:
                     side.drop(level)
-                events.append(Filled(maker.order_id, maker.account, maker.client_order_id, maker.qty))
             if not taker.remaining:
                 events.append(Filled(taker.order_id, taker_account, taker.client_order_id, taker.qty))
 
     def _prevent_self_trade(self, taker: Order, maker: Order, events: list[Event]) -> None:
         mode = taker.stp
-        if mode == STP_DECREMENT:
+        if mode is STP_DECREMENT:
             qty = taker.remaining if taker.remaining < maker.remaining else maker.remaining
-            self._decrement(maker, qty, events)
-            self._decrement(taker, qty, events)
+            self._decrement(maker, qty, True, events)
+            self._decrement(taker, qty, False, events)
             return
-        if mode != STP_NEWEST:  # oldest or both
+        if mode is not STP_NEWEST:  # oldest or both
             self._cancel_resting(maker, CancelReason.SELF_TRADE, events)
-        if mode != STP_OLDEST:  # newest or both
+        if mode is not STP_OLDEST:  # newest or both
             events.append(
                 Cancelled(
                     taker.order_id,
@@ -269,10 +300,10 @@ class Engine:
             )
             taker.remaining = 0
 
-    def _decrement(self, order: Order, qty: int, events: list[Event]) -> None:
+    def _decrement(self, order: Order, qty: int, resting: bool, events: list[Event]) -> None:
         """Self-trade decrement: shrink without trading; an order shrunk to 0 is cancelled."""
         if qty == order.remaining:
-            if order.level is not None:
+            if resting:
                 self._cancel_resting(order, CancelReason.SELF_TRADE, events)
             else:
                 events.append(
@@ -282,28 +313,18 @@ class Engine:
                 )
                 order.remaining = 0
             return
-        if order.level is not None:
-            order.level.total -= qty
+        if resting:
+            self._level_of(order).total -= qty
         order.remaining -= qty
         order.qty -= qty
-        events.append(
-            Amended(
-                order.order_id,
-                order.account,
-                order.client_order_id,
-                order.price,
-                order.qty,
-                order.remaining,
-                True,
-            )
-        )
+        events.append(_amended(order, True))
 
     def _fillable(self, taker: Order) -> bool:
         """Would `taker` fill completely? Mirrors `_execute` without changing anything."""
-        is_buy = taker.side == BUY
+        is_buy = taker.side is BUY
         limit = taker.price
         need = taker.remaining
-        skip_self = taker.stp == STP_OLDEST  # those makers get cancelled, matching goes on
+        skip_self = taker.stp is STP_OLDEST  # those makers get cancelled, matching goes on
         for level in (self.asks if is_buy else self.bids).levels_best_first():
             if limit and (level.price > limit if is_buy else level.price < limit):
                 return False
@@ -317,21 +338,22 @@ class Engine:
                     return True
         return False
 
-    def _crosses(self, side: int, price: int) -> bool:
-        level = (self.asks if side == BUY else self.bids).best
-        if level is None:
-            return False
-        return level.price <= price if side == BUY else level.price >= price
+    def _crosses(self, side: Side, price: int) -> bool:
+        if side is BUY:
+            level = self.asks.best
+            return level is not None and level.price <= price
+        level = self.bids.best
+        return level is not None and level.price >= price
 
     # --- resting orders ---------------------------------------------------------------
 
     def _rest(self, order: Order) -> None:
-        side = self.bids if order.side == BUY else self.asks
-        side.level_for(order.price).append(order)
+        (self.bids if order.side is BUY else self.asks).level_for(order.price).append(order)
         self.orders[order.order_id] = order
         by_client = self.accounts.get(order.account)
         if by_client is None:
-            by_client = self.accounts[order.account] = {}
+            by_client = {}
+            self.accounts[order.account] = by_client
         by_client[order.client_order_id] = order
 
     def _cancel_resting(self, order: Order, reason: CancelReason, events: list[Event]) -> None:
@@ -341,11 +363,15 @@ class Engine:
         self._unlink(order)
 
     def _unlink(self, order: Order) -> None:
-        level = order.level
+        side = self.bids if order.side is BUY else self.asks
+        level = side.levels[order.price]
         level.kill(order)
         if not level.live:
-            (self.bids if order.side == BUY else self.asks).drop(level)
+            side.drop(level)
         self._forget(order)
+
+    def _level_of(self, order: Order) -> Level:
+        return (self.bids if order.side is BUY else self.asks).levels[order.price]
 
     def _forget(self, order: Order) -> None:
         del self.orders[order.order_id]
@@ -357,16 +383,8 @@ class Engine:
     def _reduce(self, order: Order, delta: int) -> Amended:
         order.qty -= delta
         order.remaining -= delta
-        order.level.total -= delta
-        return Amended(
-            order.order_id,
-            order.account,
-            order.client_order_id,
-            order.price,
-            order.qty,
-            order.remaining,
-            True,
-        )
+        self._level_of(order).total -= delta
+        return _amended(order, True)
 
     def _replace(self, order: Order, price: int, qty: int, ts: int) -> list[Event]:
         """Price change or size increase: the order loses its place and may trade at once."""
@@ -385,9 +403,7 @@ class Engine:
             order.post_only,
             ts,
         )
-        events: list[Event] = [
-            Amended(moved.order_id, moved.account, moved.client_order_id, price, qty, moved.remaining, False)
-        ]
+        events: list[Event] = [_amended(moved, False)]
         self._execute(moved, events)
         if moved.remaining:
             self._rest(moved)
@@ -395,103 +411,78 @@ class Engine:
 
     # --- validation -------------------------------------------------------------------
 
-    def _order_problem(self, cmd: NewOrder) -> tuple[RejectReason, str] | None:
-        if (cmd.side, cmd.order_type, cmd.tif, cmd.stp, cmd.post_only) not in _VALID_KINDS:
-            return _kind_problem(cmd)
-        if type(cmd.account) is not str or type(cmd.client_order_id) is not str or not cmd.client_order_id:
-            return RejectReason.INVALID_FIELD, "account and client_order_id must be non-empty strings"
-        problem = self._qty_problem(cmd.qty)
-        if problem is None and cmd.order_type == LIMIT:
+    def _order_rejected(self, cmd: NewOrder, market: bool) -> Rejected | None:
+        """Everything about a new order but its kind, which `_KINDS` already checked."""
+        coid = cmd.client_order_id
+        if not coid:
+            return _rejected(cmd.account, coid, RejectReason.INVALID_FIELD, 0)
+        qty = cmd.qty
+        problem = self._qty_problem(qty)
+        if problem is None and not market:
             problem = self._price_problem(cmd.price)
-        if problem is not None:
-            return problem
-        by_client = self.accounts.get(cmd.account)
-        if by_client is not None and cmd.client_order_id in by_client:
-            return (
-                RejectReason.DUPLICATE_CLIENT_ORDER_ID,
-                f"client_order_id {cmd.client_order_id!r} is already open for this account",
-            )
+        if problem is None:
+            mine = self.accounts.get(cmd.account)
+            if mine is not None and coid in mine:
+                problem = RejectReason.DUPLICATE_CLIENT_ORDER_ID
+        if problem is None:
+            return None
+        return _rejected(cmd.account, coid, problem, 0, cmd.price, qty)
+
+    def _qty_problem(self, qty: int) -> RejectReason | None:
+        if qty <= 0:
+            return RejectReason.INVALID_QUANTITY
+        if qty % self._lot:
+            return RejectReason.QUANTITY_OFF_LOT
+        if qty < self._min_qty or qty > self._max_qty:
+            return RejectReason.QUANTITY_OUT_OF_RANGE
         return None
 
-    def _qty_problem(self, qty: int) -> tuple[RejectReason, str] | None:
-        spec = self.instrument
-        if type(qty) is not int or qty <= 0:
-            return RejectReason.INVALID_QUANTITY, f"quantity must be a positive integer, got {qty!r}"
-        if qty % spec.lot_size:
-            return (
-                RejectReason.QUANTITY_OFF_LOT,
-                f"quantity {qty} is not a multiple of lot size {spec.lot_size}",
-            )
-        if qty < spec.min_qty or qty > spec.max_qty:
-            return (
-                RejectReason.QUANTITY_OUT_OF_RANGE,
-                f"quantity {qty} outside [{spec.min_qty}, {spec.max_qty}]",
-            )
-        return None
-
-    def _price_problem(self, price: int) -> tuple[RejectReason, str] | None:
-        spec = self.instrument
-        if type(price) is not int or price <= 0:
-            return RejectReason.INVALID_PRICE, f"limit price must be a positive integer, got {price!r}"
-        if price % spec.tick_size:
-            return (
-                RejectReason.PRICE_OFF_TICK,
-                f"price {price} is not a multiple of tick size {spec.tick_size}",
-            )
-        low, high = self.price_band()
+    def _price_problem(self, price: int) -> RejectReason | None:
+        if price <= 0:
+            return RejectReason.INVALID_PRICE
+        if price % self._tick:
+            return RejectReason.PRICE_OFF_TICK
+        if self._band_bps:
+            low, high = self.price_band()
+        else:
+            low, high = self._min_price, self._max_price
         if price < low or price > high:
-            return RejectReason.PRICE_OUT_OF_BAND, f"price {price} outside band [{low}, {high}]"
+            return RejectReason.PRICE_OUT_OF_BAND
         return None
 
-    def _amend_problem(self, order: Order, price: int, qty: int) -> tuple[RejectReason, str] | None:
+    def _amend_problem(self, order: Order, price: int, qty: int) -> RejectReason | None:
         problem = self._qty_problem(qty)
         if problem is None and price != order.price:
             problem = self._price_problem(price)
         if problem is not None:
             return problem
         if price == order.price and qty == order.qty:
-            return RejectReason.AMEND_NO_CHANGE, "amend changes neither price nor quantity"
-        filled = order.qty - order.remaining
-        if qty <= filled:
-            return (
-                RejectReason.AMEND_QUANTITY_TOO_LOW,
-                f"new quantity {qty} does not exceed the {filled} already filled",
-            )
+            return RejectReason.AMEND_NO_CHANGE
+        if qty <= order.qty - order.remaining:
+            return RejectReason.AMEND_QUANTITY_TOO_LOW
         if order.post_only and price != order.price and self._crosses(order.side, price):
-            return RejectReason.POST_ONLY_WOULD_TAKE, "post-only order would take liquidity"
+            return RejectReason.POST_ONLY_WOULD_TAKE
         return None
 
-    def _owned_order(self, cmd: Cancel | Amend) -> tuple[Order | None, Rejected | None]:
-        if cmd.order_id:
-            order = self.orders.get(cmd.order_id)
+    def _owned_order(self, account: str, order_id: int, coid: str) -> Order | Rejected:
+        if order_id:
+            order = self.orders.get(order_id)
         else:
-            order = self.accounts.get(cmd.account, {}).get(cmd.orig_client_order_id)
+            mine = self.accounts.get(account)
+            order = None if mine is None else mine.get(coid)
         if order is None:
-            return None, Rejected(
-                cmd.account,
-                cmd.orig_client_order_id,
-                RejectReason.UNKNOWN_ORDER,
-                "no such open order",
-                cmd.order_id,
-            )
-        if order.account != cmd.account:
-            return None, Rejected(
-                cmd.account,
-                cmd.orig_client_order_id,
-                RejectReason.NOT_ORDER_OWNER,
-                "order belongs to another account",
-                cmd.order_id,
-            )
-        return order, None
+            return _rejected(account, coid, RejectReason.UNKNOWN_ORDER, order_id)
+        if order.account != account:
+            return _rejected(account, coid, RejectReason.NOT_ORDER_OWNER, order_id)
+        return order
 
     def price_band(self) -> tuple[int, int]:
         """Limit prices accepted now: the static band, narrowed around the last trade."""
-        spec = self.instrument
-        low, high = spec.min_price, spec.max_price
-        if spec.band_bps and self.last_trade_price:
+        low, high = self._min_price, self._max_price
+        if self._band_bps and self.last_trade_price:
             ref = self.last_trade_price
-            low = max(low, ref * (10_000 - spec.band_bps) // 10_000)
-            high = min(high, -(-ref * (10_000 + spec.band_bps) // 10_000))
+            low = max(low, ref * (10_000 - self._band_bps) // 10_000)
+            high = min(high, -(-ref * (10_000 + self._band_bps) // 10_000))
         return low, high
 
     # --- views ------------------------------------------------------------------------
@@ -564,18 +555,40 @@ class Engine:
         return hashlib.sha256(_encode(self.checkpoint())).hexdigest()
 
 
-def _kind_problem(cmd: NewOrder) -> tuple[RejectReason, str]:
-    if cmd.side not in frozenset(Side):
-        return RejectReason.INVALID_SIDE, f"side must be 1 (buy) or 2 (sell), got {cmd.side!r}"
-    if cmd.order_type not in frozenset(OrderType):
-        return RejectReason.INVALID_ORDER_TYPE, f"unknown order type {cmd.order_type!r}"
-    if cmd.tif not in frozenset(TimeInForce):
-        return RejectReason.INVALID_TIME_IN_FORCE, f"unknown time in force {cmd.tif!r}"
-    if cmd.stp not in frozenset(SelfTradePrevention):
-        return RejectReason.INVALID_STP_MODE, f"unknown self-trade prevention mode {cmd.stp!r}"
-    if cmd.order_type == MARKET:
-        return RejectReason.INVALID_ORDER_TYPE, "a market order cannot be post-only"
-    return RejectReason.INVALID_TIME_IN_FORCE, "post-only orders must be GTC"
+def _rejected(
+    account: str, coid: str, reason: RejectReason, order_id: int, price: int = 0, qty: int = 0
+) -> Rejected:
+    return Rejected(account, coid, reason, _REJECT_TEXT[reason].format(price=price, qty=qty), order_id)
+
+
+def _kind_rejected(raw: Any) -> Rejected:
+    if raw.side not in _SIDES:
+        reason = RejectReason.INVALID_SIDE
+    elif raw.order_type not in _ORDER_TYPES:
+        reason = RejectReason.INVALID_ORDER_TYPE
+    elif raw.tif not in _TIFS:
+        reason = RejectReason.INVALID_TIME_IN_FORCE
+    elif raw.stp not in _STPS:
+        reason = RejectReason.INVALID_STP_MODE
+    elif raw.order_type == MARKET:
+        reason = RejectReason.INVALID_ORDER_TYPE  # post-only market
+    else:
+        reason = RejectReason.INVALID_TIME_IN_FORCE  # post-only IOC/FOK
+    fields = f"side={raw.side!r}, type={raw.order_type!r}, tif={raw.tif!r}, stp={raw.stp!r}"
+    text = f"{_REJECT_TEXT[reason]} ({fields})"
+    return Rejected(raw.account, raw.client_order_id, reason, text, 0)
+
+
+def _amended(order: Order, priority_kept: bool) -> Amended:
+    return Amended(
+        order.order_id,
+        order.account,
+        order.client_order_id,
+        order.price,
+        order.qty,
+        order.remaining,
+        priority_kept,
+    )
 
 
 def _order_id(order: Order) -> int:
@@ -587,11 +600,11 @@ def _resting(order: Order) -> RestingOrder:
         order.order_id,
         order.account,
         order.client_order_id,
-        Side(order.side),
+        order.side,
         order.price,
         order.qty,
         order.remaining,
-        SelfTradePrevention(order.stp),
+        order.stp,
         order.post_only,
         order.ts,
     )
@@ -602,7 +615,7 @@ def _resting_orders(side: BookSide) -> list[RestingOrder]:
 
 
 def _top(side: BookSide, n: int) -> list[tuple[int, int]]:
-    out = []
+    out: list[tuple[int, int]] = []
     for level in side.levels_best_first():
         if len(out) >= n:
             break

@@ -89,7 +89,10 @@ class CancelReason(IntEnum):
 # Every command carries what the gateway stamped: `seq` (gateway sequence) and `ts`
 # (unix nanoseconds). The engine uses `ts` as its only notion of time.
 
-_CMD = {"array_like": True, "tag_field": "t", "omit_defaults": False}
+# gc=False: commands and events hold only ints, strings and enums, so they can never be
+# part of a reference cycle; keeping millions of them out of the collector's sight removes
+# most of the GC pauses from the hot path.
+_CMD = {"array_like": True, "tag_field": "t", "omit_defaults": False, "gc": False}
 
 
 class NewOrder(msgspec.Struct, tag=1, **_CMD):
@@ -148,7 +151,7 @@ Command = NewOrder | Cancel | Amend | MassCancel
 # Events carry no seq/ts of their own: the record that holds them (journal record,
 # market-data message) carries the command's sequence and timestamp once.
 
-_EVT = {"array_like": True, "tag_field": "t", "omit_defaults": False}
+_EVT = {"array_like": True, "tag_field": "t", "omit_defaults": False, "gc": False}
 
 
 class Accepted(msgspec.Struct, tag=11, **_EVT):
@@ -214,7 +217,7 @@ Event = Accepted | Rejected | Trade | Cancelled | Amended | Filled
 # --- state ------------------------------------------------------------------------------
 
 
-class RestingOrder(msgspec.Struct, array_like=True, frozen=True):
+class RestingOrder(msgspec.Struct, array_like=True, frozen=True, gc=False):
     order_id: int
     account: str
     client_order_id: str
