@@ -24,8 +24,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
+# Peers run in their own venvs (.venv-bench*), created on first use. BENCH_ARGS=--n 20000
+# for a quick look.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) bench/engine.py
+	$(PY) bench/engine.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info *.so engine/*.so

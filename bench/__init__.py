@@ -1,0 +1,1 @@
+"""Benchmarks for clobd. Nothing here is imported by the runtime packages."""
