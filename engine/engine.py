@@ -22,6 +22,7 @@ package is installed (see setup.py); the source stays importable and tested as i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -83,6 +84,16 @@ def _valid_kinds() -> dict[tuple[Any, ...], _Kind]:
 
 
 _KINDS: Final = _valid_kinds()
+
+# A command's fields as one tuple, in the struct's declared (wire) order. `astuple` reads
+# them all in one C call; compiled code would otherwise pay a generic attribute lookup per
+# field. Enum fields are `Any`: they may hold raw ints until `_KINDS` has checked them.
+# tests/engine/test_build.py pins these orders against messages.py.
+_fields: Final[Callable[[Command], Any]] = msgspec.structs.astuple
+_NewOrderFields = tuple[int, int, str, str, Any, int, int, Any, Any, Any, Any]
+_CancelFields = tuple[int, int, str, int, str]
+_AmendFields = tuple[int, int, str, int, str, int, int]
+_MassCancelFields = tuple[int, int, str]
 
 _SIDES: Final = frozenset(Side)
 _ORDER_TYPES: Final = frozenset(OrderType)
@@ -149,37 +160,38 @@ class Engine:
     # --- the state transition ---------------------------------------------------------
 
     def process(self, command: Command) -> list[Event]:
-        self.last_seq = command.seq
-        self.last_ts = command.ts
-        if type(command) is NewOrder:
-            return self._new_order(command)
-        if type(command) is Cancel:
-            return self._cancel(command)
-        if type(command) is Amend:
-            return self._amend(command)
-        if type(command) is MassCancel:
-            return self._mass_cancel(command)
+        fields = _fields(command)
+        self.last_seq = fields[0]
+        self.last_ts = fields[1]
+        kind = type(command)
+        if kind is NewOrder:
+            return self._new_order(fields)
+        if kind is Cancel:
+            return self._cancel(fields)
+        if kind is Amend:
+            return self._amend(fields)
+        if kind is MassCancel:
+            return self._mass_cancel(fields)
         raise TypeError(f"not a command: {command!r}")
 
-    def _new_order(self, cmd: NewOrder) -> list[Event]:
-        raw: Any = cmd  # enum fields may hold raw ints; read them untyped until checked
-        kind = _KINDS.get((raw.side, raw.order_type, raw.tif, raw.stp, raw.post_only))
+    def _new_order(self, fields: _NewOrderFields) -> list[Event]:
+        _, ts, account, coid, raw_side, qty, price, raw_type, raw_tif, raw_post_only, raw_stp = fields
+        kind = _KINDS.get((raw_side, raw_type, raw_tif, raw_stp, raw_post_only))
         if kind is None:
-            return [_kind_rejected(raw)]
-        rejected = self._order_rejected(cmd, kind[1] is MARKET)
+            return [_kind_rejected(account, coid, raw_side, raw_type, raw_tif, raw_stp)]
+        side, order_type, tif, stp = kind
+        market = order_type is MARKET
+        rejected = self._order_rejected(account, coid, qty, price, market)
         if rejected is not None:
             return [rejected]
-        side, order_type, tif, stp = kind
-        post_only: bool = raw.post_only
-        price = 0 if order_type is MARKET else cmd.price
-        if post_only and self._crosses(side, price):
-            return [_rejected(cmd.account, cmd.client_order_id, RejectReason.POST_ONLY_WOULD_TAKE, 0)]
+        post_only = bool(raw_post_only)
+        if market:
+            price = 0
+        elif post_only and self._crosses(side, price):
+            return [_rejected(account, coid, RejectReason.POST_ONLY_WOULD_TAKE, 0)]
         order_id = self.next_order_id
         self.next_order_id = order_id + 1
-        account = cmd.account
-        coid = cmd.client_order_id
-        qty = cmd.qty
-        order = Order(order_id, account, coid, side, price, qty, qty, stp, post_only, cmd.ts)
+        order = Order(order_id, account, coid, side, price, qty, qty, stp, post_only, ts)
         events: list[Event] = [Accepted(order_id, account, coid, side, price, qty, order_type, tif)]
         if tif is FOK and not self._fillable(order):
             events.append(Cancelled(order_id, account, coid, qty, CancelReason.FOK_UNFILLABLE))
@@ -192,31 +204,33 @@ class Engine:
                 events.append(Cancelled(order_id, account, coid, order.remaining, CancelReason.IOC_REMAINDER))
         return events
 
-    def _cancel(self, cmd: Cancel) -> list[Event]:
-        found = self._owned_order(cmd.account, cmd.order_id, cmd.orig_client_order_id)
+    def _cancel(self, fields: _CancelFields) -> list[Event]:
+        _, _, account, order_id, orig_coid = fields
+        found = self._owned_order(account, order_id, orig_coid)
         if not isinstance(found, Order):
             return [found]
         events: list[Event] = []
         self._cancel_resting(found, CancelReason.USER, events)
         return events
 
-    def _amend(self, cmd: Amend) -> list[Event]:
-        found = self._owned_order(cmd.account, cmd.order_id, cmd.orig_client_order_id)
+    def _amend(self, fields: _AmendFields) -> list[Event]:
+        _, ts, account, order_id, orig_coid, new_price, new_qty = fields
+        found = self._owned_order(account, order_id, orig_coid)
         if not isinstance(found, Order):
             return [found]
         order = found
-        price = cmd.price or order.price
-        qty = cmd.qty or order.qty
+        price = new_price or order.price
+        qty = new_qty or order.qty
         problem = self._amend_problem(order, price, qty)
         if problem is not None:
-            return [_rejected(cmd.account, order.client_order_id, problem, order.order_id, price, qty)]
+            return [_rejected(account, order.client_order_id, problem, order.order_id, price, qty)]
         if price == order.price and qty < order.qty:
             return [self._reduce(order, order.qty - qty)]
-        return self._replace(order, price, qty, cmd.ts)
+        return self._replace(order, price, qty, ts)
 
-    def _mass_cancel(self, cmd: MassCancel) -> list[Event]:
+    def _mass_cancel(self, fields: _MassCancelFields) -> list[Event]:
         events: list[Event] = []
-        mine = self.accounts.get(cmd.account)
+        mine = self.accounts.get(fields[2])
         if mine is None:
             return events
         # By order id, not dict order: an amend re-inserts and a restore rebuilds the dict,
@@ -244,8 +258,10 @@ class Engine:
         # Whoever empties a level drops it: here for fills, in `_unlink` for cancels.
         price = level.price
         taker_account = taker.account
-        while taker.remaining and level.live:
-            maker = level.first()
+        while taker.remaining:
+            maker = level.head
+            if maker is None:
+                return
             if maker.account == taker_account:
                 self._prevent_self_trade(taker, maker, events)
                 continue
@@ -271,7 +287,7 @@ class Engine:
                 )
             )
             if not maker.remaining:
-                level.pop_first()
+                level.remove(maker)
                 self._forget(maker)
                 events.append(Filled(maker.order_id, maker.account, maker.client_order_id, maker.qty))
                 if not level.live:
@@ -365,7 +381,7 @@ class Engine:
     def _unlink(self, order: Order) -> None:
         side = self.bids if order.side is BUY else self.asks
         level = side.levels[order.price]
-        level.kill(order)
+        level.remove(order)
         if not level.live:
             side.drop(level)
         self._forget(order)
@@ -390,43 +406,32 @@ class Engine:
         """Price change or size increase: the order loses its place and may trade at once."""
         filled = order.qty - order.remaining
         self._unlink(order)
-        # A fresh object, because the old one may still sit (dead) in its level's queue.
-        moved = Order(
-            order.order_id,
-            order.account,
-            order.client_order_id,
-            order.side,
-            price,
-            qty,
-            qty - filled,
-            order.stp,
-            order.post_only,
-            ts,
-        )
-        events: list[Event] = [_amended(moved, False)]
-        self._execute(moved, events)
-        if moved.remaining:
-            self._rest(moved)
+        order.price = price
+        order.qty = qty
+        order.remaining = qty - filled
+        order.ts = ts
+        events: list[Event] = [_amended(order, False)]
+        self._execute(order, events)
+        if order.remaining:
+            self._rest(order)
         return events
 
     # --- validation -------------------------------------------------------------------
 
-    def _order_rejected(self, cmd: NewOrder, market: bool) -> Rejected | None:
+    def _order_rejected(self, account: str, coid: str, qty: int, price: int, market: bool) -> Rejected | None:
         """Everything about a new order but its kind, which `_KINDS` already checked."""
-        coid = cmd.client_order_id
         if not coid:
-            return _rejected(cmd.account, coid, RejectReason.INVALID_FIELD, 0)
-        qty = cmd.qty
+            return _rejected(account, coid, RejectReason.INVALID_FIELD, 0)
         problem = self._qty_problem(qty)
         if problem is None and not market:
-            problem = self._price_problem(cmd.price)
+            problem = self._price_problem(price)
         if problem is None:
-            mine = self.accounts.get(cmd.account)
+            mine = self.accounts.get(account)
             if mine is not None and coid in mine:
                 problem = RejectReason.DUPLICATE_CLIENT_ORDER_ID
         if problem is None:
             return None
-        return _rejected(cmd.account, coid, problem, 0, cmd.price, qty)
+        return _rejected(account, coid, problem, 0, price, qty)
 
     def _qty_problem(self, qty: int) -> RejectReason | None:
         if qty <= 0:
@@ -561,22 +566,21 @@ def _rejected(
     return Rejected(account, coid, reason, _REJECT_TEXT[reason].format(price=price, qty=qty), order_id)
 
 
-def _kind_rejected(raw: Any) -> Rejected:
-    if raw.side not in _SIDES:
+def _kind_rejected(account: str, coid: str, side: Any, order_type: Any, tif: Any, stp: Any) -> Rejected:
+    if side not in _SIDES:
         reason = RejectReason.INVALID_SIDE
-    elif raw.order_type not in _ORDER_TYPES:
+    elif order_type not in _ORDER_TYPES:
         reason = RejectReason.INVALID_ORDER_TYPE
-    elif raw.tif not in _TIFS:
+    elif tif not in _TIFS:
         reason = RejectReason.INVALID_TIME_IN_FORCE
-    elif raw.stp not in _STPS:
+    elif stp not in _STPS:
         reason = RejectReason.INVALID_STP_MODE
-    elif raw.order_type == MARKET:
+    elif order_type == MARKET:
         reason = RejectReason.INVALID_ORDER_TYPE  # post-only market
     else:
         reason = RejectReason.INVALID_TIME_IN_FORCE  # post-only IOC/FOK
-    fields = f"side={raw.side!r}, type={raw.order_type!r}, tif={raw.tif!r}, stp={raw.stp!r}"
-    text = f"{_REJECT_TEXT[reason]} ({fields})"
-    return Rejected(raw.account, raw.client_order_id, reason, text, 0)
+    text = f"{_REJECT_TEXT[reason]} (side={side!r}, type={order_type!r}, tif={tif!r}, stp={stp!r})"
+    return Rejected(account, coid, reason, text, 0)
 
 
 def _amended(order: Order, priority_kept: bool) -> Amended:

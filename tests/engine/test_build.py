@@ -31,3 +31,18 @@ def test_installed_build_is_loaded_when_present():
     built = list(Path(engine.engine.__file__).parent.glob("engine.cpython-*.so"))
     if built:
         assert engine.engine.__file__.endswith(".so")
+
+
+def test_field_orders_the_engine_unpacks_are_the_structs_orders():
+    """engine.py unpacks commands positionally (one C call instead of one lookup per field)."""
+    from engine.messages import Amend, Cancel, MassCancel, NewOrder
+
+    assert NewOrder.__struct_fields__ == (
+        "seq", "ts", "account", "client_order_id", "side", "qty", "price", "order_type", "tif",
+        "post_only", "stp",
+    )  # fmt: skip
+    assert Cancel.__struct_fields__ == ("seq", "ts", "account", "order_id", "orig_client_order_id")
+    assert Amend.__struct_fields__ == (
+        "seq", "ts", "account", "order_id", "orig_client_order_id", "price", "qty",
+    )  # fmt: skip
+    assert MassCancel.__struct_fields__ == ("seq", "ts", "account")
