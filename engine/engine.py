@@ -64,26 +64,15 @@ STP_DECREMENT: Final = SelfTradePrevention.DECREMENT_AND_CANCEL
 _Kind = tuple[Side, OrderType, TimeInForce, SelfTradePrevention]
 
 
-def _valid_kinds() -> dict[tuple[Any, ...], _Kind]:
-    """Every valid (side, type, tif, stp, post-only) combination, mapped to its enums.
-
-    One dict lookup validates all five fields, turns raw ints into enum members, and
-    applies "a market order never rests" (market GTC becomes IOC).
-    """
-    kinds: dict[tuple[Any, ...], _Kind] = {}
-    for side in Side:
-        for order_type in OrderType:
-            for tif in TimeInForce:
-                for stp in SelfTradePrevention:
-                    for post_only in (False, True):
-                        if post_only and (order_type is MARKET or tif is not GTC):
-                            continue
-                        effective = IOC if order_type is MARKET and tif is GTC else tif
-                        kinds[(side, order_type, tif, stp, post_only)] = (side, order_type, effective, stp)
-    return kinds
-
-
-_KINDS: Final = _valid_kinds()
+# Every valid (side, type, tif, stp), keyed by raw values, so that a command built with
+# plain ints is validated and turned into enum members by one lookup.
+_KINDS: Final[dict[tuple[Any, ...], _Kind]] = {
+    (side, order_type, tif, stp): (side, order_type, tif, stp)
+    for side in Side
+    for order_type in OrderType
+    for tif in TimeInForce
+    for stp in SelfTradePrevention
+}
 
 # A command's fields as one tuple, in the struct's declared (wire) order. `astuple` reads
 # them all in one C call; compiled code would otherwise pay a generic attribute lookup per
@@ -176,15 +165,31 @@ class Engine:
 
     def _new_order(self, fields: _NewOrderFields) -> list[Event]:
         _, ts, account, coid, raw_side, qty, price, raw_type, raw_tif, raw_post_only, raw_stp = fields
-        kind = _KINDS.get((raw_side, raw_type, raw_tif, raw_stp, raw_post_only))
-        if kind is None:
-            return [_kind_rejected(account, coid, raw_side, raw_type, raw_tif, raw_stp)]
-        side, order_type, tif, stp = kind
+        side: Side
+        order_type: OrderType
+        tif: TimeInForce
+        stp: SelfTradePrevention
+        if (
+            type(raw_side) is Side
+            and type(raw_type) is OrderType
+            and type(raw_tif) is TimeInForce
+            and type(raw_stp) is SelfTradePrevention
+        ):
+            side, order_type, tif, stp = raw_side, raw_type, raw_tif, raw_stp  # members: valid
+        else:
+            kind = _KINDS.get((raw_side, raw_type, raw_tif, raw_stp))  # raw ints, maybe invalid
+            if kind is None:
+                return [_kind_rejected(account, coid, raw_side, raw_type, raw_tif, raw_stp)]
+            side, order_type, tif, stp = kind
+        post_only = bool(raw_post_only)
         market = order_type is MARKET
+        if post_only and (market or tif is not GTC):
+            return [_kind_rejected(account, coid, side, order_type, tif, stp)]
+        if market and tif is GTC:
+            tif = IOC  # a market order never rests
         rejected = self._order_rejected(account, coid, qty, price, market)
         if rejected is not None:
             return [rejected]
-        post_only = bool(raw_post_only)
         if market:
             price = 0
         elif post_only and self._crosses(side, price):
