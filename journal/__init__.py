@@ -1,0 +1,20 @@
+"""The per-instrument append-only journal: the audit trail and the source of truth."""
+
+from journal.errors import CorruptRecord, JournalError, JournalFull, JournalWriteError, SequenceGap
+from journal.record import Record, decode, encode, key, seq_of
+from journal.store import Journal, journal_path
+
+__all__ = [
+    "CorruptRecord",
+    "Journal",
+    "JournalError",
+    "JournalFull",
+    "JournalWriteError",
+    "Record",
+    "SequenceGap",
+    "decode",
+    "encode",
+    "journal_path",
+    "key",
+    "seq_of",
+]
