@@ -30,6 +30,7 @@ class Order:
         "stp",
         "post_only",
         "ts",
+        "level",
         "prev",
         "next",
     )
@@ -57,6 +58,8 @@ class Order:
         self.stp = stp
         self.post_only = post_only
         self.ts = ts  # time of entry into its current queue position
+        # The level whose queue holds it, so a cancel needs no price lookup.
+        self.level: Level | None = None
         self.prev: Order | None = None  # neighbours in the level's queue
         self.next: Order | None = None
 
@@ -73,6 +76,7 @@ class Level:
 
     def append(self, order: Order) -> None:
         tail = self.tail
+        order.level = self
         order.prev = tail
         order.next = None
         if tail is None:
@@ -95,6 +99,7 @@ class Level:
             self.tail = prev
         else:
             nxt.prev = prev
+        order.level = None
         order.prev = None
         order.next = None
         self.total -= order.remaining

@@ -335,7 +335,7 @@ class Engine:
                 order.remaining = 0
             return
         if resting:
-            self._level_of(order).total -= qty
+            _level_of(order).total -= qty
         order.remaining -= qty
         order.qty -= qty
         events.append(_amended(order, True))
@@ -384,15 +384,11 @@ class Engine:
         self._unlink(order)
 
     def _unlink(self, order: Order) -> None:
-        side = self.bids if order.side is BUY else self.asks
-        level = side.levels[order.price]
+        level = _level_of(order)
         level.remove(order)
         if not level.live:
-            side.drop(level)
+            (self.bids if order.side is BUY else self.asks).drop(level)
         self._forget(order)
-
-    def _level_of(self, order: Order) -> Level:
-        return (self.bids if order.side is BUY else self.asks).levels[order.price]
 
     def _forget(self, order: Order) -> None:
         del self.orders[order.order_id]
@@ -404,7 +400,7 @@ class Engine:
     def _reduce(self, order: Order, delta: int) -> Amended:
         order.qty -= delta
         order.remaining -= delta
-        self._level_of(order).total -= delta
+        _level_of(order).total -= delta
         return _amended(order, True)
 
     def _replace(self, order: Order, price: int, qty: int, ts: int) -> list[Event]:
@@ -598,6 +594,13 @@ def _amended(order: Order, priority_kept: bool) -> Amended:
         order.remaining,
         priority_kept,
     )
+
+
+def _level_of(order: Order) -> Level:
+    """The level of a resting order (every order this is asked about is resting)."""
+    level = order.level
+    assert level is not None, "order is not resting"
+    return level
 
 
 def _order_id(order: Order) -> int:
