@@ -11,8 +11,15 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterator
+from typing import Any
 
 from engine.messages import SelfTradePrevention, Side
+
+# An engine order id, held as a Python int object. Compiled code stores an `int` field
+# unboxed and allocates a new int object (any value above 256) each time it hands one to
+# Python code; an order id is only ever handed on (into events and as the `orders` key),
+# 5-6 times per order, so it is boxed once, when the order is made.
+OrderId = Any
 
 
 class Order:
@@ -36,7 +43,7 @@ class Order:
 
     def __init__(
         self,
-        order_id: int,
+        order_id: OrderId,
         account: str,
         client_order_id: str,
         side: Side,
@@ -47,7 +54,7 @@ class Order:
         post_only: bool,
         ts: int,
     ) -> None:
-        self.order_id = order_id
+        self.order_id: OrderId = order_id
         self.account = account
         self.client_order_id = client_order_id
         self.side = side
