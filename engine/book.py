@@ -9,11 +9,17 @@ microseconds on a long level.)
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Iterator
-
-from sortedcontainers import SortedList
+from typing import Any
 
 from engine.messages import SelfTradePrevention, Side
+
+# An engine order id, held as a Python int object. Compiled code stores an `int` field
+# unboxed and allocates a new int object (any value above 256) each time it hands one to
+# Python code; an order id is only ever handed on (into events and as the `orders` key),
+# 5-6 times per order, so it is boxed once, when the order is made.
+OrderId = Any
 
 
 class Order:
@@ -30,13 +36,14 @@ class Order:
         "stp",
         "post_only",
         "ts",
+        "level",
         "prev",
         "next",
     )
 
     def __init__(
         self,
-        order_id: int,
+        order_id: OrderId,
         account: str,
         client_order_id: str,
         side: Side,
@@ -47,7 +54,7 @@ class Order:
         post_only: bool,
         ts: int,
     ) -> None:
-        self.order_id = order_id
+        self.order_id: OrderId = order_id
         self.account = account
         self.client_order_id = client_order_id
         self.side = side
@@ -57,6 +64,8 @@ class Order:
         self.stp = stp
         self.post_only = post_only
         self.ts = ts  # time of entry into its current queue position
+        # The level whose queue holds it, so a cancel needs no price lookup.
+        self.level: Level | None = None
         self.prev: Order | None = None  # neighbours in the level's queue
         self.next: Order | None = None
 
@@ -73,6 +82,7 @@ class Level:
 
     def append(self, order: Order) -> None:
         tail = self.tail
+        order.level = self
         order.prev = tail
         order.next = None
         if tail is None:
@@ -95,6 +105,7 @@ class Level:
             self.tail = prev
         else:
             nxt.prev = prev
+        order.level = None
         order.prev = None
         order.next = None
         self.total -= order.remaining
@@ -110,12 +121,19 @@ class Level:
 class BookSide:
     """All levels of one side. `best` is the level that trades first (None when empty)."""
 
-    __slots__ = ("is_bid", "levels", "prices", "best")
+    __slots__ = ("is_bid", "levels", "keys", "best")
 
     def __init__(self, is_bid: bool) -> None:
         self.is_bid = is_bid
         self.levels: dict[int, Level] = {}
-        self.prices = SortedList()  # ascending, whichever the side
+        # One sort key per level, ascending, with the best level's last: the price for
+        # bids, minus the price for asks. Levels come and go mostly at or near the touch,
+        # so a plain list kept with `bisect` (C) moves few items per insert or delete,
+        # where a SortedList paid interpreted Python on every level created or dropped.
+        # The price of a flat list: a level created or dropped N levels behind the touch
+        # moves N pointers (measured at the far end: 0.5 µs at 1,000 levels, 1.7 µs at
+        # 10,000, 9 µs at 50,000).
+        self.keys: list[int] = []
         # Cached because matching asks for it on every order; kept right by the only two
         # methods that add or remove levels.
         self.best: Level | None = None
@@ -125,23 +143,30 @@ class BookSide:
         if level is None:
             level = Level(price)
             self.levels[price] = level
-            self.prices.add(price)
-            best = self.best
-            if best is None or (price > best.price if self.is_bid else price < best.price):
+            key = price if self.is_bid else -price
+            keys = self.keys
+            if not keys or key > keys[-1]:
+                keys.append(key)
                 self.best = level
+            else:
+                insort(keys, key)
         return level
 
     def drop(self, level: Level) -> None:
         del self.levels[level.price]
-        prices = self.prices
-        prices.remove(level.price)
+        keys = self.keys
         if level is self.best:
-            if prices:
-                self.best = self.levels[prices[-1] if self.is_bid else prices[0]]
+            keys.pop()
+            if keys:
+                key = keys[-1]
+                self.best = self.levels[key if self.is_bid else -key]
             else:
                 self.best = None
+        else:
+            del keys[bisect_left(keys, level.price if self.is_bid else -level.price)]
 
     def levels_best_first(self) -> Iterator[Level]:
-        prices = reversed(self.prices) if self.is_bid else iter(self.prices)
         levels = self.levels
-        return (levels[p] for p in prices)
+        if self.is_bid:
+            return (levels[key] for key in reversed(self.keys))
+        return (levels[-key] for key in reversed(self.keys))

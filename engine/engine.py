@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import msgspec
 
-from engine.book import BookSide, Level, Order
+from engine.book import BookSide, Level, Order, OrderId
 from engine.instrument import Instrument
 from engine.messages import (
     Accepted,
@@ -80,8 +80,8 @@ _KINDS: Final[dict[tuple[Any, ...], _Kind]] = {
 # tests/engine/test_build.py pins these orders against messages.py.
 _fields: Final[Callable[[Command], Any]] = msgspec.structs.astuple
 _NewOrderFields = tuple[int, int, str, str, Any, int, int, Any, Any, Any, Any]
-_CancelFields = tuple[int, int, str, int, str]
-_AmendFields = tuple[int, int, str, int, str, int, int]
+_CancelFields = tuple[int, int, str, OrderId, str]
+_AmendFields = tuple[int, int, str, OrderId, str, int, int]
 _MassCancelFields = tuple[int, int, str]
 
 _SIDES: Final = frozenset(Side)
@@ -115,7 +115,7 @@ class Engine:
     instrument: Instrument
     bids: BookSide
     asks: BookSide
-    orders: dict[int, Order]
+    orders: dict[OrderId, Order]
     accounts: dict[str, dict[str, Order]]  # account -> client_order_id -> resting order
     next_order_id: int
     next_trade_id: int
@@ -194,8 +194,9 @@ class Engine:
             price = 0
         elif post_only and self._crosses(side, price):
             return [_rejected(account, coid, RejectReason.POST_ONLY_WOULD_TAKE, 0)]
-        order_id = self.next_order_id
-        self.next_order_id = order_id + 1
+        next_id = self.next_order_id
+        self.next_order_id = next_id + 1
+        order_id: OrderId = next_id  # boxed here, once (see OrderId)
         order = Order(order_id, account, coid, side, price, qty, qty, stp, post_only, ts)
         events: list[Event] = [Accepted(order_id, account, coid, side, price, qty, order_type, tif)]
         if tif is FOK and not self._fillable(order):
@@ -335,7 +336,7 @@ class Engine:
                 order.remaining = 0
             return
         if resting:
-            self._level_of(order).total -= qty
+            _level_of(order).total -= qty
         order.remaining -= qty
         order.qty -= qty
         events.append(_amended(order, True))
@@ -384,15 +385,11 @@ class Engine:
         self._unlink(order)
 
     def _unlink(self, order: Order) -> None:
-        side = self.bids if order.side is BUY else self.asks
-        level = side.levels[order.price]
+        level = _level_of(order)
         level.remove(order)
         if not level.live:
-            side.drop(level)
+            (self.bids if order.side is BUY else self.asks).drop(level)
         self._forget(order)
-
-    def _level_of(self, order: Order) -> Level:
-        return (self.bids if order.side is BUY else self.asks).levels[order.price]
 
     def _forget(self, order: Order) -> None:
         del self.orders[order.order_id]
@@ -404,7 +401,7 @@ class Engine:
     def _reduce(self, order: Order, delta: int) -> Amended:
         order.qty -= delta
         order.remaining -= delta
-        self._level_of(order).total -= delta
+        _level_of(order).total -= delta
         return _amended(order, True)
 
     def _replace(self, order: Order, price: int, qty: int, ts: int) -> list[Event]:
@@ -474,7 +471,7 @@ class Engine:
             return RejectReason.POST_ONLY_WOULD_TAKE
         return None
 
-    def _owned_order(self, account: str, order_id: int, coid: str) -> Order | Rejected:
+    def _owned_order(self, account: str, order_id: OrderId, coid: str) -> Order | Rejected:
         if order_id:
             order = self.orders.get(order_id)
         else:
@@ -566,7 +563,7 @@ class Engine:
 
 
 def _rejected(
-    account: str, coid: str, reason: RejectReason, order_id: int, price: int = 0, qty: int = 0
+    account: str, coid: str, reason: RejectReason, order_id: OrderId, price: int = 0, qty: int = 0
 ) -> Rejected:
     return Rejected(account, coid, reason, _REJECT_TEXT[reason].format(price=price, qty=qty), order_id)
 
@@ -600,8 +597,16 @@ def _amended(order: Order, priority_kept: bool) -> Amended:
     )
 
 
+def _level_of(order: Order) -> Level:
+    """The level of a resting order (every order this is asked about is resting)."""
+    level = order.level
+    assert level is not None, "order is not resting"
+    return level
+
+
 def _order_id(order: Order) -> int:
-    return order.order_id
+    order_id: int = order.order_id
+    return order_id
 
 
 def _resting(order: Order) -> RestingOrder:
