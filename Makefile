@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench clean
+.PHONY: run test lint bench clean
 
 # The engine's compiled modules are rebuilt whenever their sources change.
 $(STAMP): pyproject.toml setup.py engine/book.py engine/engine.py
@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml setup.py engine/book.py engine/engine.py
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The daemon in the foreground on the embedded default config (BTCUSDT, ETHUSDT on
+# 127.0.0.1:7001, market data on :7002, data under ./var). Ctrl-C stops it cleanly.
+run: $(STAMP)
+	$(VENV)/bin/clob serve
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -31,6 +31,7 @@ from engine.messages import Event, OrderType, SelfTradePrevention, Side, TimeInF
 PROTOCOL_VERSION = 1
 
 _MSG = {"tag_field": "type", "forbid_unknown_fields": True, "omit_defaults": False}
+_PART = {"forbid_unknown_fields": True, "omit_defaults": False}  # maps inside messages
 
 
 # --- client -> gateway ------------------------------------------------------------------
@@ -112,7 +113,7 @@ Request = Logon | NewOrder | OrderBatch | Cancel | Amend | MassCancel | OrderSta
 # --- gateway -> client ------------------------------------------------------------------
 
 
-class InstrumentInfo(msgspec.Struct, **_MSG):
+class InstrumentInfo(msgspec.Struct, **_PART):
     symbol: str
     price_decimals: int
     qty_decimals: int
@@ -196,14 +197,12 @@ class Pong(msgspec.Struct, tag="pong", **_MSG):
     req_id: int = 0
 
 
-Reply = (
-    LogonAck | Ack | Reject | ExecutionReport | OrderStatusReply | BookReply | MassCancelDone | Pong
-)
+Reply = LogonAck | Ack | Reject | ExecutionReport | OrderStatusReply | BookReply | MassCancelDone | Pong
 
 # --- market data (ZeroMQ PUB/SUB) ----------------------------------------------------------
 
 
-class MarketData(msgspec.Struct, **_MSG):
+class MarketData(msgspec.Struct, **_PART):
     """What one journaled command caused, published as one message with its sequence.
 
     Two topics per instrument: `<env>.clob.orders.events.v1.<symbol>` carries every
