@@ -6,6 +6,11 @@ synchronously). If it raises, nothing of the batch is in the file. LMDB's copy-o
 B-tree plus its two meta pages make a commit atomic: a process killed at any instant leaves
 either the old or the new tree, never part of a batch.
 
+Idempotency index: a second named database, ``client_ids``, maps (account, client order id)
+to the journal seq of the ``NewOrder`` that first used it. It is written in the same write
+transaction as the records it indexes, so the index and the journal can never disagree, not
+even after a crash: a resend is recognised across restarts (see ``client_id_key``).
+
 One writer per file (the instrument's matcher); any number of read-only readers in other
 processes (MVCC: a reader sees a consistent snapshot and never blocks the writer). Do not
 open the same file twice in one process: LMDB forbids it (py-lmdb raises).
@@ -16,9 +21,10 @@ Not thread-safe: use one ``Journal`` from one thread.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mmap
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -26,7 +32,7 @@ from typing import Any, Self, TypeVar
 import lmdb
 
 from journal.errors import CorruptRecord, JournalError, JournalFull, JournalWriteError, SequenceGap
-from journal.record import Record, decode, encode, key, seq_of
+from journal.record import KEY_SIZE, Record, decode, encode, key, seq_of
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB: address space only; the file grows with the data
 DEFAULT_MAX_MAP_SIZE = 64 << 30
@@ -36,9 +42,13 @@ DEFAULT_MAX_MAP_SIZE = 64 << 30
 READ_CHUNK = 10_000
 
 _DB_NAME = b"records"
-# "records" is the only database today; the spare slots let a later release add one (e.g.
+_IDS_DB_NAME = b"client_ids"
+# "records" and "client_ids" today; the spare slots let a later release add one (e.g.
 # archive bookkeeping) without every opener having to agree on a new max_dbs first.
 _MAX_DBS = 4
+# LMDB's compile-time key limit (mdb_env_get_maxkeysize); longer keys make put() fail, and
+# inside a group commit that would fail the whole batch.
+_MAX_KEY = 511
 
 T = TypeVar("T")
 
@@ -52,6 +62,18 @@ def journal_path(directory: str | os.PathLike[str], symbol: str) -> Path:
     if not symbol or symbol.startswith(".") or any(c in symbol for c in "/\\\0"):
         raise ValueError(f"symbol {symbol!r} cannot name a journal file")
     return Path(directory) / f"{symbol}.lmdb"
+
+
+def client_id_key(account: str, client_order_id: str) -> bytes:
+    """The ``client_ids`` key: UTF-8 account, NUL, UTF-8 client order id.
+
+    A key too long for LMDB becomes 0xFF + a BLAKE2b digest of it. No UTF-8 text starts
+    with 0xFF, so a hashed key never equals a plain one; the digest is stable across runs.
+    """
+    raw = account.encode() + b"\x00" + client_order_id.encode()
+    if len(raw) <= _MAX_KEY:
+        return raw
+    return b"\xff" + hashlib.blake2b(raw, digest_size=32).digest()
 
 
 def _page_round(size: int) -> int:
@@ -77,6 +99,7 @@ class Journal:
         self._env = self._open_env(_page_round(map_size))
         try:
             self._db = self._open_db()
+            self._ids_db = self._open_ids_db()
             if not readonly:
                 self._adopt_map_size(_page_round(map_size))
             self._last_seq = self._edge_seq(last=True)
@@ -123,6 +146,12 @@ class Journal:
         except lmdb.NotFoundError as exc:
             raise JournalError(f"{self.path} holds no journal (never opened for writing?)") from exc
 
+    def _open_ids_db(self) -> Any:
+        try:
+            return self._env.open_db(_IDS_DB_NAME, create=not self.readonly)
+        except lmdb.NotFoundError:
+            return None  # read-only view of a journal written before the index existed
+
     def _adopt_map_size(self, requested: int) -> None:
         # LMDB maps what the opener asks for (raised to the space in use), so a map grown in
         # an earlier run would shrink and have to regrow: keep the larger of file and request.
@@ -147,12 +176,13 @@ class Journal:
 
     # --- writing ------------------------------------------------------------------------
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], client_ids: Sequence[tuple[bytes, int]] = ()) -> None:
         """Durably append a batch in ONE synced transaction (group commit); all or nothing.
 
         ``records[0].seq`` must be ``last_seq() + 1`` and each next one +1, else
         ``SequenceGap`` before anything is written. A record that fails to encode raises
-        its encoding error (a caller bug) before the transaction starts.
+        its encoding error (a caller bug) before the transaction starts. ``client_ids``:
+        (``client_id_key(...)``, seq) pairs for the index, written in the same transaction.
         """
         if not records:
             return
@@ -161,28 +191,33 @@ class Journal:
         for offset, record in enumerate(records):
             if record.seq != first + offset:
                 raise SequenceGap(first + offset, record.seq)
-        self._commit(first, [encode(record) for record in records])
+        self._commit(first, [encode(record) for record in records], client_ids)
 
-    def append_encoded(self, first_seq: int, payloads: Sequence[bytes]) -> None:
+    def append_encoded(
+        self, first_seq: int, payloads: Sequence[bytes], client_ids: Sequence[tuple[bytes, int]] = ()
+    ) -> None:
         """``append`` for values already made by ``record.encode`` (encode once, reuse bytes).
 
         ``payloads[i]`` must encode the record with seq ``first_seq + i``; that is not
         re-checked here, because it would cost the decode this method exists to avoid.
+        ``client_ids`` as for ``append``; a key already in the index keeps its first seq.
         """
         if not payloads:
             return
         self._check_next(first_seq)
-        self._commit(first_seq, payloads)
+        self._commit(first_seq, payloads, client_ids)
 
     def _check_next(self, first_seq: int) -> None:
         last = self.last_seq()  # fresh for a read-only handle, so its error is the real one
         if first_seq != last + 1:
             raise SequenceGap(last + 1, first_seq)
 
-    def _commit(self, first_seq: int, payloads: Sequence[bytes]) -> None:
+    def _commit(
+        self, first_seq: int, payloads: Sequence[bytes], client_ids: Sequence[tuple[bytes, int]]
+    ) -> None:
         while True:
             try:
-                self._write_batch(first_seq, payloads)
+                self._write_batch(first_seq, payloads, client_ids)
             except lmdb.MapFullError:
                 self._grow()  # the txn is already aborted; JournalFull at the maximum
                 continue
@@ -198,7 +233,9 @@ class Journal:
             self._last_seq = first_seq + len(payloads) - 1
             return
 
-    def _write_batch(self, first_seq: int, payloads: Sequence[bytes]) -> None:
+    def _write_batch(
+        self, first_seq: int, payloads: Sequence[bytes], client_ids: Sequence[tuple[bytes, int]]
+    ) -> None:
         # Leaving the `with` by an exception aborts the txn; normally it commits (and syncs).
         keys = map(key, range(first_seq, first_seq + len(payloads)))
         with self._env.begin(db=self._db, write=True) as txn:
@@ -208,6 +245,10 @@ class Journal:
             _, added = txn.cursor().putmulti(zip(keys, payloads, strict=True), append=True)
             if added != len(payloads):
                 raise _NotAppendable
+            if client_ids:
+                # Random key order (no append=True); overwrite=False keeps the first seq.
+                ids = ((k, seq.to_bytes(KEY_SIZE, "big")) for k, seq in client_ids)
+                txn.cursor(db=self._ids_db).putmulti(ids, overwrite=False)
 
     def _grow(self) -> None:
         size = self._map_size()
@@ -250,6 +291,24 @@ class Journal:
         with self._read_txn() as txn:
             raw = txn.get(key(seq))
             return None if raw is None else _decode_at(seq, raw)
+
+    def client_id_seq(self, client_id: bytes) -> int | None:
+        """The journal seq that first used ``client_id`` (a ``client_id_key``), else None."""
+        return self.client_id_seqs((client_id,)).get(client_id)
+
+    def client_id_seqs(self, client_ids: Iterable[bytes]) -> dict[bytes, int]:
+        """``client_id_seq`` for many keys in one read transaction: only the keys found."""
+        found: dict[bytes, int] = {}
+        if self._ids_db is None:
+            return found
+        with self._read_txn() as txn:
+            get = txn.get
+            db = self._ids_db
+            for client_id in client_ids:
+                raw = get(client_id, db=db)
+                if raw is not None:
+                    found[client_id] = seq_of(raw)
+        return found
 
     def read(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[Record]:
         """Records ``from_seq..to_seq`` (inclusive; to the end if None), verified, in order.
