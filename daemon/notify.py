@@ -21,9 +21,10 @@ def notify(message: str, environ: dict[str, str] | None = None) -> bool:
     address = "\0" + path[1:] if path.startswith("@") else path
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         try:
-            sock.sendto(message.encode(), address)
+            # Never block: a manager that stopped reading must not stall the process.
+            sock.sendto(message.encode(), socket.MSG_DONTWAIT, address)
         except OSError:
-            return False  # a manager that went away must not take the process with it
+            return False  # nor may one that went away take the process with it
     return True
 
 

@@ -60,6 +60,8 @@ class Supervisor:
         self._selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._last_watchdog = 0.0
+        self._last_status = ""
+        self._gateway_serving = False  # the gateway said SERVING=1: every matcher reachable
 
     def _child(self, name: str, module: str, *args: str) -> Child:
         argv = [sys.executable, "-m", module, *args]
@@ -95,6 +97,7 @@ class Supervisor:
         self._notify_sock.setblocking(False)
         self._selector.register(self._notify_sock, selectors.EVENT_READ, "notify")
         os.set_blocking(self._wakeup_w, False)
+        os.set_blocking(self._wakeup_r, False)
         signal.set_wakeup_fd(self._wakeup_w)
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, "signal")
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -114,6 +117,12 @@ class Supervisor:
             for child in group:
                 self._spawn(child)
             self._wait_ready(group, deadline)
+        # Ready children are not enough: the gateway must also have heard every matcher.
+        while not self._gateway_serving:
+            self._wait_ready([gateway], deadline)
+            self._wait_events(0.05)
+            if time.monotonic() > deadline:
+                raise StartupFailed("the gateway never saw every matcher ready")
 
     def _wait_ready(self, group: list[Child], deadline: float) -> None:
         while not all(c.ready for c in group):
@@ -158,7 +167,10 @@ class Supervisor:
                 child.restarts += 1
                 logs.log(log, "child_restarting", child=child.name, restarts=child.restarts)
                 self._spawn(child)
-        notify(f"STATUS={self._status()}")
+        status = self._status()
+        if status != self._last_status:
+            notify(f"STATUS={status}")
+            self._last_status = status
 
     def _schedule_restart(self, child: Child, code: int, now: float) -> None:
         sup = self.config.supervisor
@@ -223,6 +235,8 @@ class Supervisor:
             child = next((c for c in self.children if c.name == message.get("CHILD")), None)
             if child is None:
                 continue
+            if message.get("SERVING") == "1":
+                self._gateway_serving = True
             if message.get("READY") == "1" and not child.ready:
                 child.ready = True
                 child.backoff = child.backoff if child.restarts else 0.0
@@ -239,6 +253,9 @@ class Supervisor:
             self._last_watchdog = now
 
     def _cleanup(self) -> None:
+        # Every child is gone: their ipc socket files are stale now, so don't leave them.
+        for stale in self.config.run_path.glob("*.sock"):
+            stale.unlink(missing_ok=True)
         signal.set_wakeup_fd(-1)
         self._selector.close()
         self._notify_sock.close()
