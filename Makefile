@@ -34,6 +34,7 @@ lint: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) bench/engine.py $(BENCH_ARGS)
+	$(PY) bench/e2e.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info *.so engine/*.so

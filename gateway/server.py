@@ -132,7 +132,9 @@ class Gateway:
         self.sessions = Sessions()
         self.admission = Admission(config)
         self.curve = config.curve_enabled()
-        self._seq = itertools.count(1)  # the gateway sequence stamped on every command
+        # The gateway sequence stamped on every command: a trace stamp, not the journal's
+        # sequence. Seeded from the clock so it stays unique across gateway restarts.
+        self._seq = itertools.count(time.time_ns() // 1000)
         self.stopping = False
         self._max_bytes = config.gateway.max_message_bytes
         self._max_batch = config.gateway.max_batch_orders

@@ -250,6 +250,13 @@ class Matcher:
         stats["batches"] += 1
         stats["commands"] += len(batch.payloads)
         stats["duplicates"] += len(envelopes) - len(batch.payloads)
+        # Resting orders live long, and a full collection walks every tracked object: 17 ms
+        # at 100k orders, 190 ms at 800k, a stall of the whole order path. Freezing after
+        # each batch (O(1)) moves the batch's survivors where no collection looks; they are
+        # still freed by reference counting, and the book breaks its own cycles (an order's
+        # links are cleared when it leaves its level), so nothing that matters is left to
+        # the collector. Young garbage is still collected by the cheap gen-0 passes.
+        gc.freeze()
 
     def _apply(self, envelopes: list[Envelope]) -> _Batch:
         """Run the batch through the engine, encode each record once; nothing written yet."""
