@@ -326,7 +326,7 @@ class Journal:
         return self._scan(from_seq, to_seq, lambda _seq, raw: bytes(raw))
 
     def _scan(
-        self, from_seq: int, to_seq: int | None, convert: Callable[[int, memoryview], T]
+        self, from_seq: int, to_seq: int | None, convert: Callable[[int, bytes | memoryview], T]
     ) -> Iterator[tuple[int, T]]:
         expected = None  # the first record may be > from_seq (archived prefix), later ones not
         next_seq = max(from_seq, 1)
@@ -344,7 +344,7 @@ class Journal:
             next_seq = chunk[-1][0] + 1
 
     def _read_chunk(
-        self, start: int, stop: int | None, convert: Callable[[int, memoryview], T]
+        self, start: int, stop: int | None, convert: Callable[[int, bytes | memoryview], T]
     ) -> tuple[list[tuple[int, T]], CorruptRecord | None]:
         out: list[tuple[int, T]] = []
         with self._read_txn() as txn:

@@ -201,7 +201,7 @@ class Matcher:
         poller.register(self.stop, zmq.POLLIN)
         last_beat = time.monotonic()
         while not self.stop.requested:
-            if poller.poll(HEARTBEAT_S * 1000):
+            if poller.poll(int(HEARTBEAT_S * 1000)):
                 self.serve_once()
             now = time.monotonic()
             if now - last_beat >= HEARTBEAT_S:
