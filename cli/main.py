@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import keys, market, orders, serve
+from cli import journal, keys, market, orders, serve
 from gateway.protocol import PROTOCOL_VERSION
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -34,6 +34,7 @@ COMMANDS: tuple[click.Command, ...] = (
     market.book,
     market.ping,
     keys.keys,
+    journal.journal_group,
 )
 
 for _command in COMMANDS:
