@@ -1,0 +1,188 @@
+"""Checkpoints: a book's full state at a journal sequence, so recovery replays only the tail.
+
+One LMDB file, `<data_dir>/checkpoints.lmdb`, written by the snapshotter alone and read by
+matchers (recovery), the CLI and replays. Key = symbol, NUL, 8-byte big-endian journal seq,
+so one instrument's checkpoints sit together in sequence order and "the newest at or before
+seq N" is one cursor step. Value = CRC32 + msgpack `Snapshot`, like journal records: a
+checkpoint is only an accelerator, so a damaged one is skipped (for an older one, or for a
+full replay) — never trusted.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import lmdb
+import msgspec
+
+from engine.messages import SCHEMA_VERSION, Checkpoint
+
+_DB = b"checkpoints"
+_CRC = 4
+
+
+class Snapshot(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    snapshot_id: str  # UUID4, how operators name it
+    symbol: str
+    seq: int  # the journal sequence this state reflects (every record up to it applied)
+    taken_at: int  # unix ns, the snapshotter's clock (informational only)
+    state_hash: str  # Engine.state_hash() of `state`: checked again after restore
+    state: Checkpoint  # every resting order in queue order, and the engine's counters
+    version: int = SCHEMA_VERSION
+
+
+class SnapshotInfo(msgspec.Struct, frozen=True):
+    """What a listing shows, without decoding every order."""
+
+    snapshot_id: str
+    symbol: str
+    seq: int
+    taken_at: int
+    state_hash: str
+    resting_orders: int
+    size_bytes: int
+
+
+class CorruptSnapshot(Exception):
+    def __init__(self, symbol: str, seq: int, reason: str) -> None:
+        super().__init__(f"checkpoint {symbol}@{seq}: {reason}")
+        self.symbol, self.seq, self.reason = symbol, seq, reason
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Snapshot)
+
+
+def new_snapshot(symbol: str, seq: int, taken_at: int, state: Checkpoint, state_hash: str) -> Snapshot:
+    return Snapshot(str(uuid.uuid4()), symbol, seq, taken_at, state_hash, state)
+
+
+def encode(snapshot: Snapshot) -> bytes:
+    payload = _encoder.encode(snapshot)
+    return zlib.crc32(payload).to_bytes(_CRC, "big") + payload
+
+
+def decode(raw: bytes | memoryview, symbol: str = "?", seq: int = 0) -> Snapshot:
+    view = memoryview(raw)
+    if len(view) <= _CRC or zlib.crc32(view[_CRC:]) != int.from_bytes(view[:_CRC], "big"):
+        raise CorruptSnapshot(symbol, seq, "checksum mismatch (corrupted or truncated)")
+    try:
+        return _decoder.decode(view[_CRC:])
+    except msgspec.DecodeError as exc:
+        raise CorruptSnapshot(symbol, seq, f"undecodable: {exc}") from exc
+
+
+def _key(symbol: str, seq: int) -> bytes:
+    return symbol.encode() + b"\x00" + seq.to_bytes(8, "big")
+
+
+def _split(key: bytes | memoryview) -> tuple[str, int]:
+    raw = bytes(key)  # the seq's 8 bytes may hold NULs too: split by position
+    return raw[:-9].decode(), int.from_bytes(raw[-8:], "big")
+
+
+class CheckpointStore:
+    """`CheckpointStore(path)` to write (the snapshotter), `readonly=True` to read."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, readonly: bool = False, map_size: int = 1 << 34
+    ) -> None:
+        self.path = Path(path)
+        if readonly and not self.path.exists():
+            raise FileNotFoundError(f"no checkpoint store at {self.path}")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._env = lmdb.open(
+            str(self.path), subdir=False, readonly=readonly, map_size=map_size, max_dbs=2,
+            sync=True, metasync=True, readahead=False,
+        )  # fmt: skip
+        try:
+            self._db = self._env.open_db(_DB, create=not readonly)
+        except lmdb.NotFoundError:
+            self._env.close()
+            raise FileNotFoundError(f"{self.path} holds no checkpoints yet") from None
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def put(self, snapshot: Snapshot) -> None:
+        """Durably store one checkpoint (its own synced transaction)."""
+        with self._env.begin(db=self._db, write=True) as txn:
+            txn.put(_key(snapshot.symbol, snapshot.seq), encode(snapshot))
+
+    def newest(
+        self,
+        symbol: str,
+        at_most_seq: int | None = None,
+        on_corrupt: Callable[[CorruptSnapshot], None] | None = None,
+    ) -> Snapshot | None:
+        """The newest intact checkpoint of `symbol` with seq <= `at_most_seq`; damaged ones
+        are reported to `on_corrupt` and skipped for the next older one."""
+        for raw_symbol, seq, raw in self._backwards(symbol, at_most_seq):
+            try:
+                return decode(raw, raw_symbol, seq)
+            except CorruptSnapshot as exc:
+                if on_corrupt is not None:
+                    on_corrupt(exc)
+        return None
+
+    def infos(self, symbol: str | None = None) -> list[SnapshotInfo]:
+        """Every checkpoint (of `symbol`, or all), oldest first; damaged ones are left out."""
+        out: list[SnapshotInfo] = []
+        with self._env.begin(db=self._db, buffers=True) as txn:
+            for key, raw in txn.cursor():
+                sym, seq = _split(key)
+                if symbol is not None and sym != symbol:
+                    continue
+                try:
+                    snap = decode(raw, sym, seq)
+                except CorruptSnapshot:
+                    continue
+                resting = len(snap.state.bids) + len(snap.state.asks)
+                out.append(SnapshotInfo(snap.snapshot_id, sym, seq, snap.taken_at, snap.state_hash,
+                                        resting, len(raw)))  # fmt: skip
+        return out
+
+    def by_id(self, snapshot_id: str) -> Snapshot | None:
+        with self._env.begin(db=self._db, buffers=True) as txn:
+            for key, raw in txn.cursor():
+                sym, seq = _split(key)
+                try:
+                    snap = decode(raw, sym, seq)
+                except CorruptSnapshot:
+                    continue
+                if snap.snapshot_id == snapshot_id:
+                    return snap
+        return None
+
+    def _backwards(self, symbol: str, at_most_seq: int | None) -> Iterator[tuple[str, int, bytes]]:
+        # Copies each value out, so no read transaction is held across a yield.
+        top = _key(symbol, at_most_seq if at_most_seq is not None else (1 << 64) - 1)
+        prefix = symbol.encode() + b"\x00"
+        position: bytes | None = top
+        while position is not None:
+            with self._env.begin(db=self._db) as txn:
+                cursor = txn.cursor()
+                found = cursor.set_range(position)
+                if found and cursor.key() == position:
+                    pass  # exactly at `position`: take it
+                elif not (cursor.prev() if found else cursor.last()):
+                    return
+                key, raw = cursor.key(), cursor.value()
+            if not key.startswith(prefix):
+                return
+            sym, seq = _split(key)
+            yield sym, seq, raw
+            position = _key(symbol, seq - 1) if seq > 0 else None

@@ -1,0 +1,56 @@
+"""The checkpoint store: newest-at-or-before lookups, damage skipped for an older one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lmdb
+
+from engine import Engine, Instrument
+from engine.messages import NewOrder, Side
+from journal.checkpoints import CheckpointStore, CorruptSnapshot, new_snapshot
+
+
+def _snapshot(symbol: str, seq: int, orders: int):
+    engine = Engine(Instrument(symbol))
+    for i in range(orders):
+        engine.process(NewOrder(i + 1, i, "a", f"c{i}", Side.BUY, 1, 100 + i))
+    return new_snapshot(symbol, seq, 0, engine.checkpoint(), engine.state_hash())
+
+
+def test_newest_at_or_before_a_sequence_per_symbol(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        for seq in (10, 20, 30):
+            store.put(_snapshot("BTC", seq, seq // 10))
+        store.put(_snapshot("ETH", 25, 1))
+        assert store.newest("BTC").seq == 30
+        assert store.newest("BTC", at_most_seq=29).seq == 20
+        assert store.newest("BTC", at_most_seq=20).seq == 20
+        assert store.newest("BTC", at_most_seq=9) is None
+        assert store.newest("ETH").seq == 25 and store.newest("XRP") is None
+        assert [i.seq for i in store.infos("BTC")] == [10, 20, 30]
+        wanted = store.infos("ETH")[0]
+        assert store.by_id(wanted.snapshot_id).seq == 25 and wanted.resting_orders == 1
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_next_older(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.lmdb"
+    with CheckpointStore(path) as store:
+        for seq in (10, 20):
+            store.put(_snapshot("BTC", seq, 2))
+    env = lmdb.open(str(path), subdir=False, max_dbs=2)
+    db = env.open_db(b"checkpoints")
+    with env.begin(db=db, write=True) as txn:
+        key = next(k for k, _ in txn.cursor() if k.endswith((20).to_bytes(8, "big")))
+        value = bytearray(txn.get(key))
+        value[-3] ^= 0xFF
+        txn.put(key, bytes(value))
+    env.close()
+    seen: list[CorruptSnapshot] = []
+    with CheckpointStore(path, readonly=True) as store:
+        newest = store.newest("BTC", on_corrupt=seen.append)
+    assert newest is not None and newest.seq == 10
+    assert [(e.symbol, e.seq) for e in seen] == [("BTC", 20)]
+    restored = Engine(Instrument("BTC"))
+    restored.restore(newest.state)
+    assert restored.state_hash() == newest.state_hash
