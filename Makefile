@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean install-service
 
 # The engine's compiled modules are rebuilt whenever their sources change.
 $(STAMP): pyproject.toml setup.py engine/book.py engine/engine.py
@@ -38,3 +38,46 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info *.so engine/*.so
+
+# As root: clobd as a systemd service (systemd/clobd.service). Idempotent: re-run it to
+# upgrade the application; an existing /etc/clobd/clobd.toml is never overwritten.
+#   /opt/clobd/.venv    the application, pip-installed from this checkout (not editable)
+#   /etc/clobd/         clobd.toml (root:clobd 0640)
+#   /var/lib/clobd      data (StateDirectory=, created by systemd), /run/clobd sockets
+# System user and group `clobd`, no home, no login shell. The venv's interpreter must be a
+# system-wide one (ProtectHome=yes and User=clobd: not pyenv's under /root, say).
+CLOBD_PREFIX := /opt/clobd
+CLOBD_PYTHON ?= /usr/bin/python3
+CLOBD_UNIT_DIR := /etc/systemd/system
+
+install-service:
+	@test "$$(id -u)" = 0 || { echo "install-service: run as root (sudo make install-service)" >&2; exit 1; }
+	getent group clobd >/dev/null || groupadd --system clobd
+	getent passwd clobd >/dev/null || useradd --system --gid clobd --no-create-home \
+		--home-dir /var/lib/clobd --shell /usr/sbin/nologin clobd
+	@case "$$(readlink -f $(CLOBD_PYTHON))" in /usr/*|/opt/*) ;; *) echo "install-service:" \
+		"CLOBD_PYTHON=$(CLOBD_PYTHON) is not a system-wide interpreter (/usr, /opt)" >&2; exit 1;; esac
+	$(CLOBD_PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "install-service: $(CLOBD_PYTHON) is older than 3.11" >&2; exit 1; }
+	[ "$$(readlink -f $(CLOBD_PREFIX)/.venv/bin/python)" = "$$(readlink -f $(CLOBD_PYTHON))" ] \
+		|| $(CLOBD_PYTHON) -m venv --clear $(CLOBD_PREFIX)/.venv
+	$(CLOBD_PREFIX)/.venv/bin/python -m pip install --quiet --upgrade pip
+	$(CLOBD_PREFIX)/.venv/bin/python -m pip install --quiet --upgrade .
+	install -m 0644 README.md $(CLOBD_PREFIX)/README.md
+	install -d -m 0750 -o root -g clobd /etc/clobd
+	if [ ! -e /etc/clobd/clobd.toml ]; then \
+		cd / && $(CLOBD_PREFIX)/.venv/bin/python $(CURDIR)/systemd/default_config.py > /etc/clobd/clobd.toml.new \
+		&& chown root:clobd /etc/clobd/clobd.toml.new && chmod 0640 /etc/clobd/clobd.toml.new \
+		&& mv /etc/clobd/clobd.toml.new /etc/clobd/clobd.toml; \
+	else echo "install-service: keeping the existing /etc/clobd/clobd.toml"; fi
+	STATE_DIRECTORY=/var/lib/clobd RUNTIME_DIRECTORY=/run/clobd \
+		$(CLOBD_PREFIX)/.venv/bin/clob serve --check --config /etc/clobd/clobd.toml
+	install -d -m 0755 $(CLOBD_UNIT_DIR)
+	install -m 0644 systemd/clobd.service $(CLOBD_UNIT_DIR)/clobd.service
+	@if [ -d /run/systemd/system ]; then \
+		systemctl daemon-reload && echo "installed; start it with: systemctl enable --now clobd"; \
+	else \
+		echo "installed; systemd is not running here, so nothing was reloaded. On a systemd host:"; \
+		echo "  systemctl daemon-reload && systemctl enable --now clobd"; \
+		echo "  systemctl status clobd; journalctl -u clobd -f"; \
+	fi
