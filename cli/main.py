@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import journal, keys, market, orders, serve
+from cli import journal, keys, market, orders, serve, snapshots
 from gateway.protocol import PROTOCOL_VERSION
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -35,6 +35,8 @@ COMMANDS: tuple[click.Command, ...] = (
     market.ping,
     keys.keys,
     journal.journal_group,
+    snapshots.snapshot_group,
+    snapshots.replay,
 )
 
 for _command in COMMANDS:

@@ -24,6 +24,7 @@ import msgspec
 from engine.messages import SCHEMA_VERSION, Checkpoint
 
 _DB = b"checkpoints"
+FILE_NAME = "checkpoints.lmdb"  # in the data directory, beside journal/
 _CRC = 4
 
 
@@ -76,6 +77,10 @@ def decode(raw: bytes | memoryview, symbol: str = "?", seq: int = 0) -> Snapshot
         return _decoder.decode(view[_CRC:])
     except msgspec.DecodeError as exc:
         raise CorruptSnapshot(symbol, seq, f"undecodable: {exc}") from exc
+
+
+def checkpoints_path(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / FILE_NAME
 
 
 def _key(symbol: str, seq: int) -> bytes:

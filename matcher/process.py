@@ -1,6 +1,7 @@
 """The matcher process: one instrument's book, its journal, and the group-commit loop.
 
-    recover (replay the journal, checking every record) -> MatcherReady -> loop:
+    recover (newest usable checkpoint + the journal after it, checking every record)
+      -> MatcherReady -> loop:
       block in poll; drain every waiting frame (up to matcher.max_batch commands);
       run the commands through the engine; ONE synced journal commit for all of them;
       only then: one OutcomeBatch to the gateway, then market data, then queries.
@@ -43,6 +44,7 @@ from engine.instrument import Instrument
 from engine.messages import Checkpoint, Event, MassCancel, NewOrder, Rejected, RejectReason, Trade
 from gateway.protocol import MarketData, orders_topic, trades_topic
 from journal import Journal, JournalError, Record, encode, journal_path
+from journal.checkpoints import checkpoints_path
 from journal.store import client_id_key
 from matcher import link
 from matcher.link import (
@@ -57,7 +59,7 @@ from matcher.link import (
     StatusAnswer,
     StatusQuery,
 )
-from matcher.recovery import DeterminismAlarm, rebuild
+from matcher.recovery import DeterminismAlarm, open_checkpoints, rebuild
 
 MAX_BOOK_DEPTH = 1000  # levels per side in one BookAnswer: bounds the reply, not the book
 # Replies queue here while the gateway is slow or restarting; past this they are dropped
@@ -344,9 +346,16 @@ class Matcher:
             self.engine.restore(self._clean[1])
             how = "checkpoint"
         else:
-            self.engine = rebuild(self.journal, self.spec).engine
+            # The newest checkpoint (if the snapshotter has written any) and the journal after it.
+            checkpoints = open_checkpoints(checkpoints_path(self.config.data_path), self.log)
+            try:
+                recovered = rebuild(self.journal, self.spec, checkpoints, self.log)
+            finally:
+                if checkpoints is not None:
+                    checkpoints.close()
+            self.engine = recovered.engine
             self._clean = (seq, self.engine.checkpoint())
-            how = "replay"
+            how = "replay" if recovered.checkpoint_id is None else "stored_checkpoint+replay"
         gc.unfreeze()  # the old book was frozen, and its linked lists are cycles: collect it
         gc.collect()
         gc.freeze()
@@ -503,15 +512,22 @@ def run(config: Config, symbol: str) -> int:
 def _recover_and_serve(
     config: Config, spec: Instrument, journal: Journal, stop: StopSignal, logger: logging.Logger
 ) -> int:
+    # Read-only, and only for recovery: the snapshotter is the store's one writer.
+    checkpoints = open_checkpoints(checkpoints_path(config.data_path), logger)
     try:
-        recovered = rebuild(journal, spec)
+        recovered = rebuild(journal, spec, checkpoints, logger)
     except JournalError as exc:  # a damaged record: never guess past it
         raise CannotStart(f"journal {journal.path}: {exc}") from exc
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
     log(
         logger,
         "recovered",
         seq=recovered.seq,
         records=recovered.records,
+        from_checkpoint=recovered.checkpoint_id or "none",
+        checkpoint_seq=recovered.checkpoint_seq,
         duration_ms=round(recovered.duration_ms, 1),
         resting_orders=recovered.engine.order_count(),
     )
