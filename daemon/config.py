@@ -69,6 +69,12 @@ class SupervisorConfig(msgspec.Struct, **_CFG):
     restart_backoff_max_s: float = 10.0
 
 
+class SnapshotterConfig(msgspec.Struct, **_CFG):
+    checkpoint_interval_s: float = 300.0  # a checkpoint of every instrument that moved
+    checkpoint_every_records: int = 100_000  # ... or of one after this many records; 0 = off
+    poll_interval_s: float = 0.05  # how often the journals are read for new records
+
+
 class Config(msgspec.Struct, **_CFG):
     env: str = "dev"  # first part of market-data topics
     data_dir: str = ""
@@ -82,6 +88,7 @@ class Config(msgspec.Struct, **_CFG):
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     matcher: MatcherConfig = msgspec.field(default_factory=MatcherConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
+    snapshotter: SnapshotterConfig = msgspec.field(default_factory=SnapshotterConfig)
 
     @property
     def data_path(self) -> Path:
@@ -199,6 +206,12 @@ def check(config: Config) -> list[str]:
         out.append("matcher.max_batch: must be positive")
     if not 0 < config.matcher.map_size_mb <= config.matcher.max_map_size_mb:
         out.append("matcher.map_size_mb: must be positive and at most matcher.max_map_size_mb")
+    if not config.snapshotter.checkpoint_interval_s > 0:
+        out.append("snapshotter.checkpoint_interval_s: must be positive")
+    if config.snapshotter.checkpoint_every_records < 0:
+        out.append("snapshotter.checkpoint_every_records: must be 0 (off) or positive")
+    if not 0 < config.snapshotter.poll_interval_s <= 10:
+        out.append("snapshotter.poll_interval_s: must be positive and at most 10")
     if config.curve_enabled():
         if not config.accounts:
             out.append("accounts: CURVE is on (non-loopback bind), so every account needs an entry")

@@ -1,16 +1,19 @@
-"""`clob serve`: start the gateway and one matcher per instrument, keep them running.
+"""`clob serve`: start the gateway, one matcher per instrument and the snapshotter; keep them running.
 
 The supervisor is a thin process: it owns no socket of the order path. It starts each child
 as `python -m <module> ...` with NOTIFY_SOCKET pointing at its own datagram socket, so a
 child reports readiness with the systemd notify protocol (daemon/notify.py) exactly as the
 supervisor then reports to systemd. Start-up order: the gateway (it binds the sockets the
 matchers connect to), then every matcher (each recovers its book from its journal before
-saying READY=1). Only when all are ready does the supervisor tell systemd READY=1.
+saying READY=1), then the snapshotter (ready as soon as it started: its catch-up with the
+journals never delays the daemon). Only when all are ready does the supervisor tell systemd
+READY=1.
 
 A child that dies is restarted with exponential back-off and a log line; one that cannot
 come up at start makes `clob serve` exit non-zero. SIGTERM/SIGINT stops intake first (the
-gateway), then lets the matchers finish and commit their current batch, all within
-`supervisor.stop_timeout_s`, after which stragglers are killed.
+gateway), then lets the matchers finish and commit their current batch, then the snapshotter
+(so its final checkpoint covers their last commits), all within `supervisor.stop_timeout_s`,
+after which stragglers are killed.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ log = logs.get("supervisor")
 
 @dataclass
 class Child:
-    name: str  # "gateway" or "matcher-<SYMBOL>": what the child puts in CHILD=
+    name: str  # "gateway", "matcher-<SYMBOL>" or "snapshotter": what the child puts in CHILD=
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None
     ready: bool = False
@@ -52,9 +55,11 @@ class Supervisor:
     def __init__(self, config: Config, config_path: str | None) -> None:
         self.config = config
         self.config_path = config_path
+        # Start (and stop) order: gateway, matchers, snapshotter. The last is always the snapshotter.
         self.children = [self._child("gateway", "gateway")] + [
             self._child(f"matcher-{i.symbol}", "matcher", "--symbol", i.symbol) for i in config.instruments
         ]
+        self.children.append(self._child("snapshotter", "snapshotter"))
         self.stopping = False
         self._notify_path = config.run_path / "supervisor.notify"
         self._selector = selectors.DefaultSelector()
@@ -78,7 +83,8 @@ class Supervisor:
             self._start_all()
             elapsed = time.monotonic() - started
             logs.log(log, "ready", children=len(self.children), startup_ms=round(elapsed * 1000))
-            notify(f"READY=1\nSTATUS=serving {len(self.children) - 1} instruments\nMAINPID={os.getpid()}")
+            instruments = len(self.config.instruments)
+            notify(f"READY=1\nSTATUS=serving {instruments} instruments\nMAINPID={os.getpid()}")
             self._serve()
             return 0
         except StartupFailed as exc:
@@ -112,8 +118,8 @@ class Supervisor:
 
     def _start_all(self) -> None:
         deadline = time.monotonic() + self.config.supervisor.start_timeout_s
-        gateway, matchers = self.children[0], self.children[1:]
-        for group in ([gateway], matchers):
+        gateway, matchers, snapshotter = self.children[0], self.children[1:-1], self.children[-1]
+        for group in ([gateway], matchers, [snapshotter]):
             for child in group:
                 self._spawn(child)
             self._wait_ready(group, deadline)
@@ -192,8 +198,9 @@ class Supervisor:
     def _stop_all(self) -> None:
         notify("STOPPING=1")
         deadline = time.monotonic() + self.config.supervisor.stop_timeout_s
-        # Intake first: the gateway stops taking orders; then matchers commit and exit.
-        for group in (self.children[:1], self.children[1:]):
+        # Intake first: the gateway stops taking orders; then matchers commit and exit; then the
+        # snapshotter writes its final checkpoints of what they committed.
+        for group in (self.children[:1], self.children[1:-1], self.children[-1:]):
             for child in group:
                 if child.proc is not None and child.proc.poll() is None:
                     child.proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,1 @@
+"""The snapshotter: follows every journal read-only with shadow books and writes checkpoints."""

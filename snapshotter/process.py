@@ -1,0 +1,355 @@
+"""The snapshotter process: shadow books that follow the journals, and the checkpoints.
+
+It never pauses a matcher: it only reads the journals (read-only LMDB handles, short read
+transactions; `Journal.read` holds none across a yield), so a matcher's commits are never
+waited for. For each instrument it keeps a shadow `Engine`, started from the newest intact
+checkpoint (restored, and its state hash checked) or empty, and applies every journaled
+command with the same engine code. The events it produces must equal the journaled ones;
+a difference is a *determinism alarm*: logged at ERROR with the symbol and seq, counted,
+and that instrument is no longer checkpointed (its shadow cannot be trusted), while the
+process and the other instruments carry on.
+
+Every `snapshotter.checkpoint_interval_s`, and for one instrument after
+`snapshotter.checkpoint_every_records` records (0 = off), each instrument whose shadow moved
+since its last checkpoint gets a new one in `<data_dir>/checkpoints.lmdb`. SIGUSR1 asks for
+that at once (`clob snapshot take`: the pid is in `<run_dir>/snapshotter.pid`);
+SIGTERM/SIGINT catches up briefly, writes a final checkpoint of what moved, and exits 0.
+
+Readiness (`READY=1`, `CHILD=snapshotter`) is reported right after start-up, before the
+shadows caught up, so a long catch-up never delays the daemon; `caught_up` is logged per
+instrument when its shadow first reaches the end of its journal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+
+import lmdb
+
+from daemon import logs
+from daemon.config import Config
+from daemon.logs import log
+from daemon.notify import notify
+from engine.engine import Engine
+from engine.instrument import Instrument
+from journal import CorruptRecord, Journal, JournalError, journal_path
+from journal.checkpoints import CheckpointStore, CorruptSnapshot, checkpoints_path, encode, new_snapshot
+
+EXIT_OK = 0
+EXIT_CANNOT_START = 1
+
+PID_FILE = "snapshotter.pid"
+# Records applied per instrument per loop turn, so one busy journal does not starve others
+# (nor delay a SIGUSR1 / SIGTERM by more than one bounded turn).
+MAX_RECORDS_PER_TURN = 5_000
+# On SIGTERM: how long to keep catching up before the final checkpoint.
+FINAL_CATCH_UP_S = 2.0
+
+
+class CannotStart(Exception):
+    """The snapshotter cannot run (store unusable, another snapshotter running ...)."""
+
+
+class Signals:
+    """What the signal handlers ask for; read by the loop between turns."""
+
+    def __init__(self) -> None:
+        self.stop: str | None = None
+        self.take = False
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGUSR1, self._on_take)
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.stop = signal.Signals(signum).name
+
+    def _on_take(self, _signum: int, _frame: FrameType | None) -> None:
+        self.take = True
+
+
+class Shadow:
+    """One instrument's shadow book and where it stands in the journal."""
+
+    __slots__ = ("broken", "caught_up", "checkpointed_seq", "engine", "journal", "path", "seq", "since",
+                 "spec", "symbol")  # fmt: skip
+
+    def __init__(self, spec: Instrument, path: Path) -> None:
+        self.spec = spec
+        self.symbol = spec.symbol
+        self.path = path
+        self.engine = Engine(spec)
+        self.seq = 0  # last journal seq applied to `engine`
+        self.checkpointed_seq = 0  # seq of the last checkpoint written (or restored)
+        self.since = 0  # records applied since that checkpoint
+        self.journal: Journal | None = None
+        self.broken: str | None = None  # why this shadow is no longer followed/checkpointed
+        self.caught_up = False
+
+
+class Snapshotter:
+    def __init__(self, config: Config, store: CheckpointStore, logger: logging.Logger) -> None:
+        self.config = config
+        self.store = store
+        self.logger = logger
+        journals = config.journal_dir()
+        self.shadows = [Shadow(i.spec(), journal_path(journals, i.symbol)) for i in config.instruments]
+        self.alarms = 0
+        self.checkpoints = 0
+        self.records = 0
+
+    # --- start-up -----------------------------------------------------------------------
+
+    def initialise(self) -> None:
+        for shadow in self.shadows:
+            self._from_checkpoint(shadow, None)
+
+    def _from_checkpoint(self, shadow: Shadow, at_most_seq: int | None) -> None:
+        """Restore `shadow` from the newest intact checkpoint (<= at_most_seq), else empty."""
+        while True:
+            snap = self.store.newest(shadow.symbol, at_most_seq, on_corrupt=self._on_corrupt)
+            if snap is None:
+                self._reset(shadow, Engine(shadow.spec), 0)
+                return
+            engine = Engine(shadow.spec)
+            try:
+                engine.restore(snap.state)
+                problem = "" if engine.state_hash() == snap.state_hash else "state hash mismatch"
+            except (ValueError, KeyError) as exc:
+                problem = f"cannot restore: {exc}"
+            if not problem:
+                self._reset(shadow, engine, snap.seq)
+                log(self.logger, "shadow_restored", symbol=shadow.symbol, seq=snap.seq,
+                    snapshot_id=snap.snapshot_id, resting_orders=engine.order_count())  # fmt: skip
+                return
+            log(self.logger, "checkpoint_skipped", logging.WARNING, symbol=shadow.symbol, seq=snap.seq,
+                snapshot_id=snap.snapshot_id, reason=problem)  # fmt: skip
+            if snap.seq <= 0:
+                self._reset(shadow, Engine(shadow.spec), 0)
+                return
+            at_most_seq = snap.seq - 1
+
+    def _on_corrupt(self, exc: CorruptSnapshot) -> None:
+        log(self.logger, "checkpoint_skipped", logging.WARNING, symbol=exc.symbol, seq=exc.seq,
+            reason=exc.reason)  # fmt: skip
+
+    @staticmethod
+    def _reset(shadow: Shadow, engine: Engine, seq: int) -> None:
+        shadow.engine = engine
+        shadow.seq = shadow.checkpointed_seq = seq
+        shadow.since = 0
+        shadow.caught_up = False
+
+    # --- following the journals -----------------------------------------------------------
+
+    def turn(self) -> bool:
+        """Apply up to MAX_RECORDS_PER_TURN new records of each journal; True if some journal
+        may hold more right now (so the caller should not sleep)."""
+        more = False
+        for shadow in self.shadows:
+            if shadow.broken is not None:
+                continue
+            if shadow.journal is None and not self._open(shadow):
+                continue
+            applied = self._apply(shadow, MAX_RECORDS_PER_TURN)
+            if applied >= MAX_RECORDS_PER_TURN:
+                more = True
+            elif not shadow.caught_up and shadow.broken is None:
+                shadow.caught_up = True
+                log(self.logger, "caught_up", symbol=shadow.symbol, seq=shadow.seq)
+        return more
+
+    def _open(self, shadow: Shadow) -> bool:
+        """Open the journal read-only once the matcher created it; False until then."""
+        if not shadow.path.exists():
+            return False
+        try:
+            journal = Journal(shadow.path, readonly=True)
+        except (OSError, JournalError, lmdb.Error):
+            return False  # created but not initialised yet: next turn
+        try:
+            last, first = journal.last_seq(), journal.first_seq()
+        except lmdb.Error:
+            journal.close()
+            return False
+        if shadow.seq > last:
+            # A checkpoint ahead of its journal: the journal was replaced. Use an older one.
+            log(self.logger, "checkpoint_ahead_of_journal", logging.WARNING, symbol=shadow.symbol,
+                checkpoint_seq=shadow.seq, journal_last_seq=last)  # fmt: skip
+            self._from_checkpoint(shadow, last)
+        if first > shadow.seq + 1:
+            journal.close()
+            self._break(shadow, f"journal starts at seq {first}, shadow at {shadow.seq}: needs a checkpoint")
+            return False
+        shadow.journal = journal
+        log(self.logger, "following", symbol=shadow.symbol, from_seq=shadow.seq + 1, journal_last_seq=last)
+        return True
+
+    def _apply(self, shadow: Shadow, limit: int) -> int:
+        journal = shadow.journal
+        assert journal is not None
+        process = shadow.engine.process
+        applied = 0
+        try:
+            for record in journal.read(shadow.seq + 1, shadow.seq + limit):
+                if record.seq != shadow.seq + 1:
+                    self._break(shadow, f"gap in journal: expected seq {shadow.seq + 1}, found {record.seq}")
+                    break
+                events = process(record.command)
+                if events != record.events:
+                    self.alarms += 1
+                    log(self.logger, "determinism_alarm", logging.ERROR, symbol=shadow.symbol, seq=record.seq,
+                        detail=f"replay gave {events!r}, journal holds {record.events!r}"[:2000])  # fmt: skip
+                    self._break(shadow, f"determinism alarm at seq {record.seq}")
+                    break
+                shadow.seq = record.seq
+                applied += 1
+        except CorruptRecord as exc:
+            self._break(shadow, f"damaged journal record: {exc}")
+        except (JournalError, lmdb.Error) as exc:
+            # Transient (e.g. the map was resized under us): reopen on a later turn.
+            log(self.logger, "journal_read_failed", logging.WARNING, symbol=shadow.symbol, error=str(exc))
+            journal.close()
+            shadow.journal = None
+        shadow.since += applied
+        self.records += applied
+        return applied
+
+    def _break(self, shadow: Shadow, reason: str) -> None:
+        """Stop following and checkpointing `shadow`: it can no longer be trusted."""
+        shadow.broken = reason
+        log(self.logger, "shadow_stopped", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq, reason=reason)
+        if shadow.journal is not None:
+            shadow.journal.close()
+            shadow.journal = None
+        shadow.engine = Engine(shadow.spec)
+        gc.unfreeze()  # the dropped book was frozen, and its linked lists are cycles
+        gc.collect()
+        gc.freeze()
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def checkpoint_due(self) -> None:
+        every = self.config.snapshotter.checkpoint_every_records
+        if every > 0:
+            for shadow in self.shadows:
+                if shadow.since >= every:
+                    self.checkpoint(shadow, "records")
+
+    def checkpoint_all(self, reason: str) -> None:
+        for shadow in self.shadows:
+            self.checkpoint(shadow, reason)
+
+    def checkpoint(self, shadow: Shadow, reason: str) -> None:
+        """Write `shadow`'s state as a checkpoint if it moved since its last one."""
+        if shadow.broken is not None or shadow.seq == shadow.checkpointed_seq:
+            return
+        started = time.perf_counter()
+        engine = shadow.engine
+        state = engine.checkpoint()
+        snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), state, engine.state_hash())
+        try:
+            self.store.put(snap)
+        except lmdb.Error as exc:
+            log(self.logger, "checkpoint_failed", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq,
+                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return
+        shadow.checkpointed_seq = shadow.seq
+        shadow.since = 0
+        self.checkpoints += 1
+        log(self.logger, "checkpoint_written", symbol=shadow.symbol, seq=shadow.seq, reason=reason,
+            snapshot_id=snap.snapshot_id, resting_orders=len(state.bids) + len(state.asks),
+            bytes=len(encode(snap)),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def serve(self, signals: Signals) -> None:
+        cfg = self.config.snapshotter
+        next_interval = time.monotonic() + cfg.checkpoint_interval_s
+        while signals.stop is None:
+            more = self.turn()
+            self.checkpoint_due()
+            if signals.take:
+                signals.take = False
+                self.checkpoint_all("requested")
+            if time.monotonic() >= next_interval:
+                self.checkpoint_all("interval")
+                next_interval = time.monotonic() + cfg.checkpoint_interval_s
+            gc.freeze()  # the shadow books only grow old: keep them out of every collection
+            if not more and signals.stop is None:
+                time.sleep(cfg.poll_interval_s)
+        deadline = time.monotonic() + FINAL_CATCH_UP_S
+        while self.turn() and time.monotonic() < deadline:
+            pass
+        self.checkpoint_all("stop")
+
+    def close(self) -> None:
+        for shadow in self.shadows:
+            if shadow.journal is not None:
+                shadow.journal.close()
+                shadow.journal = None
+
+
+def run(config: Config) -> int:
+    """Start, follow and checkpoint until SIGTERM/SIGINT; the process exit code."""
+    logger = logs.get("snapshotter")
+    signals = Signals()
+    signals.install()
+    pid_path = config.run_path / PID_FILE
+    try:
+        lock = _claim(pid_path)
+    except CannotStart as exc:
+        log(logger, "cannot_start", logging.ERROR, reason=str(exc))
+        return EXIT_CANNOT_START
+    try:
+        try:
+            store = CheckpointStore(checkpoints_path(config.data_path))
+        except (OSError, lmdb.Error) as exc:
+            reason = f"checkpoint store: {type(exc).__name__}: {exc}"
+            log(logger, "cannot_start", logging.ERROR, reason=reason)
+            return EXIT_CANNOT_START
+        with store:
+            snapshotter = Snapshotter(config, store, logger)
+            try:
+                snapshotter.initialise()
+                gc.collect()
+                gc.freeze()  # restored books and start-up objects: out of every later collection
+                notify("READY=1\nCHILD=snapshotter")
+                log(logger, "started", pid=os.getpid(), instruments=len(snapshotter.shadows),
+                    store=str(store.path))  # fmt: skip
+                snapshotter.serve(signals)
+            finally:
+                snapshotter.close()
+                log(logger, "stopped", signal=signals.stop or "-", records=snapshotter.records,
+                    checkpoints=snapshotter.checkpoints, determinism_alarms=snapshotter.alarms)  # fmt: skip
+        return EXIT_OK
+    finally:
+        pid_path.unlink(missing_ok=True)
+        os.close(lock)
+
+
+def _claim(path: Path) -> int:
+    """One snapshotter per daemon: an exclusive flock on the pid file (released by the kernel
+    however the process dies), which also tells `clob snapshot take` whom to signal."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise CannotStart(f"pid file {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise CannotStart(f"another snapshotter holds {path} ({exc.strerror})") from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd

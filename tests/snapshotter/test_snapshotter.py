@@ -1,0 +1,307 @@
+"""The snapshotter as a real process over real LMDB files: under the daemon, and on its own."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lmdb
+import msgspec
+import pytest
+
+from daemon.config import InstrumentConfig
+from engine.engine import Engine
+from engine.instrument import Instrument
+from engine.messages import NewOrder, Side, Trade
+from gateway import protocol as p
+from gateway.client import Client
+from journal import Journal, Record, journal_path, key
+from journal import encode as encode_record
+from journal.checkpoints import CheckpointStore, Snapshot
+from tests.e2e.conftest import ROOT, Daemon
+
+BTC = InstrumentConfig(symbol="BTCUSDT", price_decimals=2, qty_decimals=4, lot_size=1).spec()
+ETH = InstrumentConfig(symbol="ETHUSDT", price_decimals=2, qty_decimals=4).spec()
+
+
+def wait_until(what: str, check: Callable[[], object], timeout: float, log: Callable[[], str]) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout}s\n{log()}")
+
+
+def snapshots(data_dir: Path, symbol: str) -> list[Snapshot]:
+    path = data_dir / "checkpoints.lmdb"
+    if not path.exists():
+        return []
+    try:
+        store = CheckpointStore(path, readonly=True)
+    except FileNotFoundError:
+        return []
+    with store:
+        out = [store.newest(symbol, info.seq) for info in store.infos(symbol)]
+    return [s for s in out if s is not None]
+
+
+def replayed_hash(journal_file: Path, spec: Instrument, to_seq: int) -> str:
+    engine = Engine(spec)
+    with Journal(journal_file, readonly=True) as journal:
+        for record in journal.read(1, to_seq):
+            engine.process(record.command)
+    return engine.state_hash()
+
+
+def restored_hash(snap: Snapshot, spec: Instrument) -> str:
+    engine = Engine(spec)
+    engine.restore(snap.state)
+    return engine.state_hash()
+
+
+def last_seq(journal_file: Path) -> int:
+    with Journal(journal_file, readonly=True) as journal:
+        return journal.last_seq()
+
+
+# --- under the daemon -------------------------------------------------------------------------
+
+
+def test_checkpoints_follow_the_journal_on_request_and_at_stop(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path, extra_toml="[snapshotter]\ncheckpoint_every_records = 50\n")
+    daemon.start()
+    journal_file = journal_path(daemon.data_dir / "journal", "BTCUSDT")
+    try:
+        rng = random.Random(7)
+        with Client(daemon.endpoint, timeout=10) as alice, Client(daemon.endpoint, timeout=10) as bob:
+            alice.logon("alice")
+            bob.logon("bob")
+
+            def place(n: int, tag: str) -> None:
+                for i in range(n):
+                    who, side = (alice, "sell") if i % 2 else (bob, "buy")
+                    price = f"{100 + rng.randint(-3, 3)}.00"
+                    reply = who.new_order("BTCUSDT", side, f"{rng.randint(1, 5)}", price,
+                                          client_order_id=f"{tag}{i}")  # fmt: skip
+                    assert isinstance(reply, p.Ack)
+
+            place(200, "a")
+
+            # After every 50 or more records (a turn applies all that is new): at least 3 by 200.
+            def three_up_to_150() -> bool:
+                taken = snapshots(daemon.data_dir, "BTCUSDT")
+                return len(taken) >= 3 and taken[-1].seq >= 150
+
+            wait_until("3 checkpoints, the last past seq 150", three_up_to_150, 10, daemon.log)
+            taken = snapshots(daemon.data_dir, "BTCUSDT")
+            assert len(taken) >= 3 and all(s.seq > 0 for s in taken)
+            assert not snapshots(daemon.data_dir, "ETHUSDT")  # nothing moved there
+            for snap in taken:
+                assert restored_hash(snap, BTC) == snap.state_hash
+                assert replayed_hash(journal_file, BTC, snap.seq) == snap.state_hash
+
+            # SIGUSR1 (`clob snapshot take`): a checkpoint of what moved, promptly.
+            place(10, "b")
+            assert last_seq(journal_file) == 210
+            pid = int((daemon.workdir / "run" / "snapshotter.pid").read_text())
+            asked = time.monotonic()
+            os.kill(pid, signal.SIGUSR1)
+            wait_until("a checkpoint at 210 after SIGUSR1",
+                       lambda: any(s.seq == 210 for s in snapshots(daemon.data_dir, "BTCUSDT")), 3,
+                       daemon.log)  # fmt: skip
+            assert time.monotonic() - asked < 1.0
+
+            place(5, "c")  # fewer than 50: only the stop writes these
+        assert daemon.stop() == 0
+        final = max(snapshots(daemon.data_dir, "BTCUSDT"), key=lambda s: s.seq)
+        assert final.seq == last_seq(journal_file) == 215
+        assert replayed_hash(journal_file, BTC, 215) == final.state_hash == restored_hash(final, BTC)
+        log = daemon.log()
+        assert "reason=stop" in log and "event=determinism_alarm" not in log
+        assert "child=snapshotter" in log and "event=child_exited" not in log
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill_all()
+
+
+def test_a_killed_snapshotter_is_restarted_and_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path, extra_toml="[snapshotter]\ncheckpoint_every_records = 20\n")
+    daemon.start()
+    journal_file = journal_path(daemon.data_dir / "journal", "ETHUSDT")
+    pid_file = daemon.workdir / "run" / "snapshotter.pid"
+    try:
+        with Client(daemon.endpoint, timeout=10) as client:
+            client.logon("carol")
+            for i in range(30):
+                assert isinstance(client.new_order("ETHUSDT", "buy", "1", f"{50 + i}.00"), p.Ack)
+            wait_until("a checkpoint", lambda: snapshots(daemon.data_dir, "ETHUSDT"), 5, daemon.log)
+            first_pid = int(pid_file.read_text())
+            os.kill(first_pid, signal.SIGKILL)
+            wait_until(
+                "restarted", lambda: "child_restarting child=snapshotter" in daemon.log(), 5, daemon.log
+            )
+            for i in range(30):
+                assert isinstance(client.new_order("ETHUSDT", "sell", "1", f"{200 + i}.00"), p.Ack)
+            wait_until("a checkpoint past 50",
+                       lambda: any(s.seq >= 50 for s in snapshots(daemon.data_dir, "ETHUSDT")), 5,
+                       daemon.log)  # fmt: skip
+        assert int(pid_file.read_text()) != first_pid
+        assert "proc=snapshotter event=shadow_restored symbol=ETHUSDT" in daemon.log()
+        assert daemon.stop() == 0
+        final = max(snapshots(daemon.data_dir, "ETHUSDT"), key=lambda s: s.seq)
+        assert final.seq == last_seq(journal_file) == 60
+        assert final.state_hash == replayed_hash(journal_file, ETH, 60)
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill_all()
+
+
+# --- on its own ---------------------------------------------------------------------------------
+
+
+def write_journal(path: Path, spec: Instrument, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    engine = Engine(spec)
+    records = []
+    for seq in range(1, n + 1):
+        ts = 1_700_000_000_000_000_000 + seq
+        side = Side.BUY if seq % 2 else Side.SELL
+        account = "bob" if side == Side.BUY else "alice"
+        command = NewOrder(seq, ts, account, f"c{seq}", side, rng.randint(1, 5), 10_000 + rng.randint(-3, 3))
+        records.append(Record(seq, ts, command, engine.process(command)))
+    with Journal(path) as journal:
+        journal.append(records)
+
+
+def alter_events(path: Path, from_seq: int) -> int:
+    """Change a trade price in the first record at or after `from_seq` that traded, keeping a
+    valid checksum: only a re-execution can tell. Returns that record's seq."""
+    with Journal(path, readonly=True) as journal:
+        record = next(r for r in journal.read(from_seq) if any(isinstance(e, Trade) for e in r.events))
+    i = next(i for i, e in enumerate(record.events) if isinstance(e, Trade))
+    trade = record.events[i]
+    assert isinstance(trade, Trade)
+    events = [*record.events]
+    events[i] = msgspec.structs.replace(trade, price=trade.price + 1)
+    altered = msgspec.structs.replace(record, events=events)
+    env = lmdb.open(str(path), subdir=False, max_dbs=4)
+    try:
+        with env.begin(db=env.open_db(b"records"), write=True) as txn:
+            txn.put(key(record.seq), encode_record(altered))
+    finally:
+        env.close()
+    return record.seq
+
+
+class Standalone:
+    """`python -m snapshotter --config FILE` without a supervisor (no NOTIFY_SOCKET)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.data_dir = workdir / "data"
+        self.config = workdir / "clobd.toml"
+        self.config.write_text(f"""
+env = "test"
+data_dir = "{self.data_dir}"
+run_dir = "{workdir / "run"}"
+
+[snapshotter]
+checkpoint_every_records = 50
+
+[[instruments]]
+symbol = "BTCUSDT"
+price_decimals = 2
+qty_decimals = 4
+lot_size = 1
+
+[[instruments]]
+symbol = "ETHUSDT"
+price_decimals = 2
+qty_decimals = 4
+""")
+        self.log_path = workdir / "snapshotter.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "snapshotter", "--config", str(self.config)],
+                                         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def standalone(tmp_path: Path) -> Standalone:
+    return Standalone(tmp_path)
+
+
+def test_a_determinism_alarm_stops_checkpointing_that_instrument_only(
+    tmp_path: Path, standalone: Standalone
+) -> None:
+    original = tmp_path / "original"
+    write_journal(journal_path(original, "BTCUSDT"), BTC, 300, seed=1)
+    write_journal(journal_path(original, "ETHUSDT"), ETH, 120, seed=2)
+    shutil.copytree(original, standalone.data_dir / "journal")  # the copy gets the damage
+    bad_seq = alter_events(journal_path(standalone.data_dir / "journal", "BTCUSDT"), 120)
+
+    standalone.start()
+    try:
+        wait_until("the alarm", lambda: "event=determinism_alarm" in standalone.log(), 10, standalone.log)
+        wait_until("ETH checkpoint", lambda: snapshots(standalone.data_dir, "ETHUSDT"), 5, standalone.log)
+        time.sleep(0.3)  # a few more turns
+        assert standalone.proc is not None and standalone.proc.poll() is None  # alive
+        alarm = next(line for line in standalone.log().splitlines() if "event=determinism_alarm" in line)
+        assert "level=error" in alarm and "symbol=BTCUSDT" in alarm and f"seq={bad_seq} " in alarm
+        assert all(s.seq < bad_seq for s in snapshots(standalone.data_dir, "BTCUSDT"))
+        assert standalone.stop() == 0
+    finally:
+        if standalone.proc is not None and standalone.proc.poll() is None:
+            standalone.proc.kill()
+    assert all(s.seq < bad_seq for s in snapshots(standalone.data_dir, "BTCUSDT"))
+    eth = max(snapshots(standalone.data_dir, "ETHUSDT"), key=lambda s: s.seq)
+    assert eth.seq == 120  # the intact instrument: up to its end, final checkpoint at stop
+    assert eth.state_hash == replayed_hash(journal_path(original, "ETHUSDT"), ETH, 120)
+    assert "determinism_alarms=1" in standalone.log()
+
+
+def test_restarts_from_its_checkpoint_and_follows_a_growing_journal(standalone: Standalone) -> None:
+    path = journal_path(standalone.data_dir / "journal", "ETHUSDT")
+    standalone.start()  # before any journal exists: it waits for them
+    try:
+        time.sleep(0.5)
+        assert standalone.proc is not None and standalone.proc.poll() is None
+        write_journal(path, ETH, 80, seed=3)
+        wait_until("checkpoint at 50", lambda: snapshots(standalone.data_dir, "ETHUSDT"), 5, standalone.log)
+        assert standalone.stop() == 0
+        assert max(s.seq for s in snapshots(standalone.data_dir, "ETHUSDT")) == 80
+
+        # Grow the journal while it is down, restart: it restores at 80 and replays only the tail.
+        full = path.with_name("full.lmdb")
+        write_journal(full, ETH, 200, seed=3)  # the same commands: the first 80 are identical
+        with Journal(full, readonly=True) as src, Journal(path) as dst:
+            dst.append(list(src.read(81)))
+        standalone.start()
+        caught_up = "event=caught_up symbol=ETHUSDT seq=200"
+        wait_until("caught up at 200", lambda: caught_up in standalone.log(), 5, standalone.log)
+        assert "event=shadow_restored symbol=ETHUSDT seq=80" in standalone.log()
+        assert standalone.stop() == 0
+    finally:
+        if standalone.proc is not None and standalone.proc.poll() is None:
+            standalone.proc.kill()
+    final = max(snapshots(standalone.data_dir, "ETHUSDT"), key=lambda s: s.seq)
+    assert final.seq == 200 and final.state_hash == replayed_hash(path, ETH, 200)
