@@ -1,4 +1,4 @@
-"""`clob snapshot list|show` and `clob replay`: read the checkpoints, re-run a range offline.
+"""`clob snapshot list|show|take` and `clob replay`: the checkpoints, and re-running a range.
 
 Everything here opens the checkpoint store (DATA_DIR/checkpoints.lmdb) and the journals
 read-only, so it is safe against a live daemon's data dir or a copy. `clob replay` restores
@@ -10,7 +10,10 @@ Prices and quantities are decimals via the instrument's decimals from --config.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from pathlib import Path
@@ -26,7 +29,8 @@ from engine.instrument import Instrument
 from engine.messages import Checkpoint, RestingOrder, Trade
 from gateway.client import DecimalBook, Level
 from journal import JournalError, Record
-from journal.checkpoints import CheckpointStore, Snapshot, checkpoints_path
+from journal.checkpoints import CheckpointStore, Snapshot, SnapshotInfo, checkpoints_path
+from snapshotter.process import PID_FILE
 
 EXIT_PROBLEM = 1
 VWAP_EXTRA_DECIMALS = 6  # VWAP is shown with the price's decimals plus these, rounded half-even
@@ -140,6 +144,55 @@ def list_(source: Source, symbol: str | None) -> None:
             f"{i.snapshot_id:<36}  {i.symbol:<10}  {i.seq:>10}  {utc(i.taken_at):<30}"
             f"  {i.resting_orders:>8}  {i.size_bytes:>10}"
         )
+
+
+@snapshot_group.command()
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds to wait.")
+@journal_options
+def take(source: Source, timeout: float) -> None:
+    """Ask the running daemon's snapshotter for a checkpoint of every instrument that moved.
+
+    Sends SIGUSR1 to the pid in RUN_DIR/snapshotter.pid, then waits until the new
+    checkpoints are in the store and lists them. Instruments that did not move since their
+    last checkpoint get none (there would be nothing new to save).
+    """
+    pid_file = source.config.run_path / PID_FILE
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError) as exc:
+        raise click.ClickException(f"no running snapshotter ({pid_file}: {exc})") from exc
+    with open_store(source) as store:
+        before = {i.snapshot_id for i in store.infos()} if store is not None else set()
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError as exc:
+        raise click.ClickException(f"snapshotter pid {pid} is not running") from exc
+    new = _wait_for_new(source, before, timeout)
+    if source.as_json:
+        click.echo(
+            output.dumps([{"snapshot_id": i.snapshot_id, "symbol": i.symbol, "seq": i.seq} for i in new])
+        )
+    elif not new:
+        click.echo("no instrument moved since its last checkpoint: nothing new written")
+    for i in [] if source.as_json else new:
+        click.echo(f"{i.snapshot_id}  {i.symbol}  seq {i.seq}  {i.resting_orders} resting orders")
+
+
+def _wait_for_new(source: Source, before: set[str], timeout: float) -> list[SnapshotInfo]:
+    """The checkpoints that appear within `timeout` (waits for one quiet second after the
+    first, since instruments are checkpointed one after the other)."""
+    deadline = time.monotonic() + timeout
+    found: list[SnapshotInfo] = []
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        with open_store(source) as store:
+            now = [i for i in (store.infos() if store is not None else []) if i.snapshot_id not in before]
+        if len(now) != len(found):
+            found, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since > 1.0:
+            break
+        time.sleep(0.1)
+    return found
 
 
 @snapshot_group.command()
