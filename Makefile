@@ -35,6 +35,7 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) bench/engine.py $(BENCH_ARGS)
 	$(PY) bench/e2e.py
+	$(PY) bench/recovery.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info *.so engine/*.so

@@ -39,13 +39,14 @@ from daemon.logs import log
 from daemon.notify import notify
 from engine.engine import Engine
 from engine.instrument import Instrument
-from journal import CorruptRecord, Journal, JournalError, journal_path
+from journal import CorruptRecord, Journal, JournalError, Record, history, journal_path
 from journal.checkpoints import CheckpointStore, CorruptSnapshot, checkpoints_path, encode, new_snapshot
 
 EXIT_OK = 0
 EXIT_CANNOT_START = 1
 
 PID_FILE = "snapshotter.pid"
+NICENESS = 10
 # Records applied per instrument per loop turn, so one busy journal does not starve others
 # (nor delay a SIGUSR1 / SIGTERM by more than one bounded turn).
 MAX_RECORDS_PER_TURN = 5_000
@@ -96,9 +97,16 @@ class Shadow:
 
 
 class Snapshotter:
-    def __init__(self, config: Config, store: CheckpointStore, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: CheckpointStore,
+        logger: logging.Logger,
+        history_index: history.HistoryIndex | None = None,
+    ) -> None:
         self.config = config
         self.store = store
+        self.history = history_index  # order-history index kept current here (None: not kept)
         self.logger = logger
         journals = config.journal_dir()
         self.shadows = [Shadow(i.spec(), journal_path(journals, i.symbol)) for i in config.instruments]
@@ -159,7 +167,10 @@ class Snapshotter:
                 continue
             if shadow.journal is None and not self._open(shadow):
                 continue
-            applied = self._apply(shadow, MAX_RECORDS_PER_TURN)
+            applied_records: list[Record] = []
+            applied = self._apply(shadow, MAX_RECORDS_PER_TURN, applied_records)
+            if applied_records:
+                self._update_history(shadow, applied_records)
             if applied >= MAX_RECORDS_PER_TURN:
                 more = True
             elif not shadow.caught_up and shadow.broken is None:
@@ -193,7 +204,7 @@ class Snapshotter:
         log(self.logger, "following", symbol=shadow.symbol, from_seq=shadow.seq + 1, journal_last_seq=last)
         return True
 
-    def _apply(self, shadow: Shadow, limit: int) -> int:
+    def _apply(self, shadow: Shadow, limit: int, applied_records: list[Record] | None = None) -> int:
         journal = shadow.journal
         assert journal is not None
         process = shadow.engine.process
@@ -212,6 +223,8 @@ class Snapshotter:
                     break
                 shadow.seq = record.seq
                 applied += 1
+                if applied_records is not None:
+                    applied_records.append(record)
         except CorruptRecord as exc:
             self._break(shadow, f"damaged journal record: {exc}")
         except (JournalError, lmdb.Error) as exc:
@@ -222,6 +235,18 @@ class Snapshotter:
         shadow.since += applied
         self.records += applied
         return applied
+
+    def _update_history(self, shadow: Shadow, records: list[Record]) -> None:
+        """The order-history index (`journal.history`): this turn's records, one write txn.
+        A failure is logged and never stops the shadows: the index is derived data, and the
+        CLI catches it up from the journal on its own."""
+        if self.history is None or shadow.journal is None:
+            return
+        try:
+            history.follow(self.history, shadow.journal, shadow.symbol, records, MAX_RECORDS_PER_TURN)
+        except (history.HistoryError, JournalError, lmdb.Error, OSError) as exc:
+            log(self.logger, "history_index_failed", logging.WARNING, symbol=shadow.symbol,
+                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
 
     def _break(self, shadow: Shadow, reason: str) -> None:
         """Stop following and checkpointing `shadow`: it can no longer be trusted."""
@@ -302,6 +327,9 @@ class Snapshotter:
 def run(config: Config) -> int:
     """Start, follow and checkpoint until SIGTERM/SIGINT; the process exit code."""
     logger = logs.get("snapshotter")
+    # Background work: on a small machine its CPU must yield to the order path (matchers,
+    # gateway) — a checkpoint of a big book takes a core for a few hundred milliseconds.
+    os.nice(NICENESS)
     signals = Signals()
     signals.install()
     pid_path = config.run_path / PID_FILE
@@ -317,8 +345,9 @@ def run(config: Config) -> int:
             reason = f"checkpoint store: {type(exc).__name__}: {exc}"
             log(logger, "cannot_start", logging.ERROR, reason=reason)
             return EXIT_CANNOT_START
+        history_index = _open_history(config, logger)
         with store:
-            snapshotter = Snapshotter(config, store, logger)
+            snapshotter = Snapshotter(config, store, logger, history_index)
             try:
                 snapshotter.initialise()
                 gc.collect()
@@ -329,12 +358,23 @@ def run(config: Config) -> int:
                 snapshotter.serve(signals)
             finally:
                 snapshotter.close()
+                if history_index is not None:
+                    history_index.close()
                 log(logger, "stopped", signal=signals.stop or "-", records=snapshotter.records,
                     checkpoints=snapshotter.checkpoints, determinism_alarms=snapshotter.alarms)  # fmt: skip
         return EXIT_OK
     finally:
         pid_path.unlink(missing_ok=True)
         os.close(lock)
+
+
+def _open_history(config: Config, logger: logging.Logger) -> history.HistoryIndex | None:
+    """The order-history index in the data dir; None (logged) if it cannot be opened."""
+    try:
+        return history.HistoryIndex.in_data_dir(config.data_path)
+    except (OSError, lmdb.Error) as exc:
+        log(logger, "history_index_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+        return None
 
 
 def _claim(path: Path) -> int:

@@ -1,0 +1,458 @@
+"""Recovery and checkpointing: replay rate, restart time, and ack latency while checkpointing.
+
+    python bench/recovery.py [--quick] [--keep]
+
+1. Journal replay rate: a seeded journal (adds near the mid, cancels, crossing orders) of
+   1,000,000 records whose book ends near 100,000 resting orders, built by running the
+   commands through an `Engine` (not timed), then `matcher.recovery.rebuild` over it with no
+   checkpoint (the matcher's own recovery code, every record re-executed and checked).
+2. Restart time: full replay, and `rebuild` from a checkpoint 97,000 records before the
+   end (restore + tail); also the real `python -m matcher` process, timed to its READY.
+3. Ack latency of the real daemon (`clob serve`, bench/e2e_daemon.py) on that 100,000-order
+   book under a paced load, without and then with SIGUSR1 to the snapshotter every 0.5 s
+   (a checkpoint of the whole book taken again and again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+if not __package__:  # run as `python bench/recovery.py`: import `bench` from the repo root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench.e2e_daemon import ROOT, BenchDaemon, DaemonError
+from bench.e2e_load import MID, LoadResult, LoadSpec, run_client
+from daemon import config as daemon_config
+from daemon.notify import parse
+from engine.engine import Engine
+from engine.instrument import Instrument
+from engine.messages import Cancel, NewOrder, Side, TimeInForce
+from journal import Journal, journal_path
+from journal.checkpoints import CheckpointStore, Snapshot, checkpoints_path, new_snapshot
+from journal.record import Record
+from matcher.recovery import rebuild, restore_checkpoint
+
+SYMBOL = "BTCUSDT"
+TAIL = 97_000  # records after the checkpoint of step 2(b)
+BATCH = 10_000  # records per Journal.append while building
+TARGET_REPLAY = 300_000  # records/s
+TARGET_RESTART_S = 1.0
+TARGET_P99_RATIO = 1.20
+ROUNDS = 2  # quiet/checkpointing window pairs in step 3
+QUOTED = (  # matching-engine's figures as the issue quotes them: context, not measured here
+    ("replay rate", "≈226,000 records/s"),
+    ("restart from snapshot + 97,000-record tail", "1.16 s"),
+    ("market paused per snapshot", "0.3-1.6 s"),
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    records: int
+    resting: int  # target resting orders at the end
+    tail: int
+    rate: float  # paced orders/s in step 3
+    window_s: float  # each latency window
+    take_every_s: float
+
+
+def sizes(quick: bool) -> Sizes:
+    if quick:
+        return Sizes(100_000, 10_000, 9_700, 1_000.0, 2.0, 0.5)
+    return Sizes(1_000_000, 100_000, TAIL, 2_000.0, 5.0, 0.5)
+
+
+# --- building the journal (not timed) ------------------------------------------------------
+
+
+def build(data_dir: Path, spec: Instrument, sz: Sizes, seed: int, tail_store: Path) -> tuple[Snapshot, dict]:
+    """Write the journal into `data_dir`, a checkpoint at last - tail into `tail_store`;
+    return the final state as a snapshot (for the daemon's store) and some facts."""
+    rng = random.Random(seed)
+    engine = Engine(spec)
+    accounts = [f"acct{i}" for i in range(64)]
+    live: list[tuple[int, str]] = []  # (order id, account) of GTC orders that may still rest
+    n, target = sz.records, sz.resting
+    ckpt_seq = n - sz.tail
+    counts = {"add": 0, "cancel": 0, "cross_ioc": 0, "cross_gtc": 0}
+    ts0 = time.time_ns()
+    with Journal.open(journal_path(data_dir / "journal", SYMBOL)) as journal:
+        batch: list[Record] = []
+        for seq in range(1, n + 1):
+            ts = ts0 + seq * 1000
+            # Aim at a book growing linearly to `target`: cancel less when below the path.
+            resting = len(engine.orders)
+            below = resting < target * seq / n
+            roll = rng.random()
+            p_cancel = 0.30 if below else 0.50
+            account = accounts[rng.randrange(len(accounts))]
+            command: NewOrder | Cancel
+            if roll < p_cancel and live:
+                while live:
+                    i = rng.randrange(len(live))
+                    oid, owner = live[i]
+                    live[i] = live[-1]
+                    live.pop()
+                    if engine.order(oid) is not None:
+                        break
+                command = Cancel(seq, ts, owner, oid)
+                counts["cancel"] += 1
+            else:
+                buy = rng.random() < 0.5
+                side = Side.BUY if buy else Side.SELL
+                qty = rng.randint(1, 100) * 100
+                kind = rng.random()
+                if kind < 0.10:  # an IOC through the touch
+                    price, tif = MID + (3 if buy else -3), TimeInForce.IOC
+                    qty *= 3
+                    counts["cross_ioc"] += 1
+                elif kind < 0.12:  # a GTC through the touch: trades, and may rest
+                    price, tif = MID + (1 if buy else -1), TimeInForce.GTC
+                    counts["cross_gtc"] += 1
+                else:
+                    offset = rng.randint(1, 200)
+                    price, tif = (MID - offset if buy else MID + offset), TimeInForce.GTC
+                    counts["add"] += 1
+                command = NewOrder(seq, ts, account, str(seq), side, qty, price, tif=tif)
+            oid = engine.next_order_id
+            events = engine.process(command)
+            if isinstance(command, NewOrder) and command.tif == TimeInForce.GTC and engine.order(oid):
+                live.append((oid, account))
+            batch.append(Record(seq, ts, command, events))
+            if len(batch) == BATCH or seq == n:
+                journal.append(batch)
+                batch = []
+            if seq == ckpt_seq:
+                snap = new_snapshot(SYMBOL, seq, time.time_ns(), engine.checkpoint(), engine.state_hash())
+                with CheckpointStore(tail_store) as store:
+                    store.put(snap)
+    final = new_snapshot(SYMBOL, n, time.time_ns(), engine.checkpoint(), engine.state_hash())
+    facts = {"resting": engine.order_count(), "best_bid": engine.best_bid(), "best_ask": engine.best_ask(),
+             "trades": engine.next_trade_id - 1, **counts}  # fmt: skip
+    return final, facts
+
+
+# --- steps 1 and 2: rebuild in-process ---------------------------------------------------
+
+
+def timed_rebuild(data_dir: Path, spec: Instrument, store_path: Path | None) -> tuple[float, int, int]:
+    """(seconds, records replayed, resting orders after) of one `rebuild`."""
+    with Journal.open(journal_path(data_dir / "journal", SYMBOL), readonly=True) as journal:
+        store = None if store_path is None else CheckpointStore(store_path, readonly=True)
+        try:
+            started = time.perf_counter()
+            rec = rebuild(journal, spec, store)
+            took = time.perf_counter() - started
+        finally:
+            if store is not None:
+                store.close()
+    return took, rec.records, rec.engine.order_count()
+
+
+def timed_read(data_dir: Path) -> float:
+    """Seconds to read and decode the whole journal without replaying it (a diagnostic:
+    how much of a full replay is the journal and how much the engine)."""
+    with Journal.open(journal_path(data_dir / "journal", SYMBOL), readonly=True) as journal:
+        started = time.perf_counter()
+        for _ in journal.read(1):
+            pass
+        return time.perf_counter() - started
+
+
+def timed_restore(store_path: Path, spec: Instrument) -> float:
+    """Seconds to restore the checkpoint alone (decode, Engine.restore, state hash check)."""
+    with CheckpointStore(store_path, readonly=True) as store:
+        started = time.perf_counter()
+        if restore_checkpoint(spec, store, 1 << 62) is None:
+            raise RuntimeError(f"no usable checkpoint in {store_path}")
+        return time.perf_counter() - started
+
+
+def process_restart(daemon: BenchDaemon, timeout: float = 120.0) -> float:
+    """Seconds from spawning `python -m matcher` to its READY datagram (then SIGTERM)."""
+    sock_path = daemon.workdir / "matcher-notify.sock"
+    sock_path.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(0.2)
+        env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+        log = (daemon.workdir / "matcher-restart.log").open("ab")
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "matcher", "--symbol", SYMBOL, "--config", str(daemon.config_path)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            while time.perf_counter() - started < timeout:
+                if proc.poll() is not None:
+                    raise DaemonError(f"matcher exited with {proc.returncode} (see matcher-restart.log)")
+                with contextlib.suppress(TimeoutError):
+                    if "READY" in parse(sock.recv(4096)):
+                        return time.perf_counter() - started
+            raise DaemonError(f"matcher not READY within {timeout:g} s")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+    sock_path.unlink(missing_ok=True)
+
+
+# --- step 3: ack latency with and without checkpointing -----------------------------------
+
+
+def load_window(endpoint: str, name: str, sz: Sizes, on_go: Callable[[], None] | None = None) -> LoadResult:
+    """One paced load client (its own process) for `sz.window_s`; `on_go` runs as it starts."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, results = ctx.Queue(), ctx.Queue()
+    go = ctx.Event()
+    spec = LoadSpec(endpoint=endpoint, symbol=SYMBOL, name=name, per_message=1, window=1,
+                    max_orders=int(sz.window_s * sz.rate), duration_s=sz.window_s, rate=sz.rate)  # fmt: skip
+    proc = ctx.Process(target=run_client, args=(spec, ready, go, results), name=name)
+    proc.start()
+    try:
+        ready.get(timeout=60)
+        if on_go is not None:
+            on_go()
+        go.set()
+        return results.get(timeout=sz.window_s + 60)
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+
+
+def checkpointing_window(endpoint: str, name: str, sz: Sizes, pid: int) -> tuple[LoadResult, int]:
+    """A load window while the snapshotter gets SIGUSR1 every `sz.take_every_s` (and at
+    its start); the result and how many signals were sent."""
+    stop = threading.Event()
+    sent = [0]
+
+    def take() -> None:
+        while True:
+            os.kill(pid, signal.SIGUSR1)
+            sent[0] += 1
+            if stop.wait(sz.take_every_s):
+                return
+
+    ticker = threading.Thread(target=take, daemon=True)
+    try:
+        return load_window(endpoint, name, sz, on_go=ticker.start), sent[0]
+    finally:
+        stop.set()
+        if ticker.is_alive():
+            ticker.join()
+
+
+def check_load(res: LoadResult, problems: list[str]) -> None:
+    if res.error or res.unanswered or res.rejects:
+        problems.append(f"load {res.name}: error={res.error!r} unanswered={res.unanswered} "
+                        f"rejects={dict(res.rejects)}")  # fmt: skip
+
+
+def snapshotter_pid(daemon: BenchDaemon) -> int:
+    path = daemon.workdir / "run" / "snapshotter.pid"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            return int(path.read_text().split()[0])
+        time.sleep(0.1)
+    raise DaemonError(f"no snapshotter pid in {path}")
+
+
+def checkpoint_lines(daemon: BenchDaemon) -> list[dict[str, str]]:
+    out = []
+    for line in daemon.log_path.read_text(errors="replace").splitlines():
+        if "checkpoint_written" in line and "reason=requested" in line:
+            out.append(dict(kv.split("=", 1) for kv in line.split() if "=" in kv))
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latencies_ms(result: LoadResult) -> list[float]:
+    lat = array("q")
+    lat.frombytes(result.latencies_ns)
+    return [v / 1e6 for v in lat]
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, a smoke run")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    sz = sizes(args.quick)
+    root = Path(tempfile.mkdtemp(prefix="clobd-recovery-"))
+    wall0 = time.perf_counter()
+    problems: list[str] = []
+    try:
+        daemon = BenchDaemon(root / "daemon", [SYMBOL])
+        spec = daemon_config.load(str(daemon.config_path)).instrument(SYMBOL).spec()
+        tail_store = root / "tail" / "checkpoints.lmdb"
+        tail_store.parent.mkdir()
+        print(f"building a {sz.records:,}-record journal ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        final, facts = build(daemon.data_dir, spec, sz, args.seed, tail_store)
+        build_s = time.perf_counter() - t0
+        jfile = journal_path(daemon.data_dir / "journal", SYMBOL)
+        print(f"  built in {build_s:.1f} s (not timed): {facts}; journal file "
+              f"{jfile.stat().st_size / 2**20:,.0f} MiB", flush=True)  # fmt: skip
+
+        print("step 1/2: rebuild ...", file=sys.stderr, flush=True)
+        full = [timed_rebuild(daemon.data_dir, spec, None) for _ in range(2)]
+        full_s = min(f[0] for f in full)
+        replay_rate = sz.records / full_s
+        tail = [timed_rebuild(daemon.data_dir, spec, tail_store) for _ in range(3)]
+        tail_s = min(t[0] for t in tail)
+        for _took, _records, resting in full + tail:
+            if resting != facts["resting"]:
+                problems.append(f"rebuild gave {resting:,} resting orders, expected {facts['resting']:,}")
+        tail_records = tail[0][1]
+        read_s = timed_read(daemon.data_dir)
+        restore_s = timed_restore(tail_store, spec)
+
+        print("step 2: matcher process restarts ...", file=sys.stderr, flush=True)
+        ckpt_file = checkpoints_path(daemon.data_dir)
+        proc_full = proc_tail = float("nan")
+        try:
+            proc_full = process_restart(daemon)
+            shutil.copy(tail_store, ckpt_file)
+            proc_tail = process_restart(daemon)
+        except DaemonError as exc:
+            problems.append(f"process restart: {exc}")
+        # The daemon of step 3 starts from the final state: matcher and snapshotter need
+        # no catch-up, so the first window is not disturbed by either.
+        with CheckpointStore(ckpt_file) as store:
+            store.put(final)
+
+        print("step 3: daemon ack latency, without / with checkpointing ...", file=sys.stderr, flush=True)
+        base: list[float] = []
+        busy: list[float] = []
+        taken: list[dict[str, str]] = []
+        signals = 0
+        per_window: list[str] = []  # p99 of each window, in the order run
+        try:
+            daemon.start(120)
+            pid = snapshotter_pid(daemon)
+            load_window(daemon.endpoint, "warmup", replace(sz, window_s=1.0))  # discarded
+            # Quiet and checkpointing windows alternate, so a drift of the noisy machine
+            # over the run does not land on one side only.
+            half = replace(sz, window_s=sz.window_s / ROUNDS)
+            for r in range(ROUNDS):
+                res = load_window(daemon.endpoint, f"quiet{r}", half)
+                check_load(res, problems)
+                base += latencies_ms(res)
+                per_window.append(f"quiet {pct(latencies_ms(res), 0.99):.1f}")
+                res, sent = checkpointing_window(daemon.endpoint, f"ckpt{r}", half, pid)
+                check_load(res, problems)
+                busy += latencies_ms(res)
+                per_window.append(f"ckpt {pct(latencies_ms(res), 0.99):.1f}")
+                signals += sent
+            time.sleep(1.0)  # let the last requested checkpoint land in the log
+            taken = checkpoint_lines(daemon)
+        except (DaemonError, RuntimeError, OSError) as exc:
+            problems.append(f"daemon: {type(exc).__name__}: {exc}")
+        finally:
+            if daemon.proc is not None:
+                code = daemon.stop()
+                if code != 0:
+                    problems.append(f"daemon exited with status {code} on SIGTERM")
+            problems += daemon.log_problems()
+
+        # --- report ---------------------------------------------------------------------
+        durations = [float(t["duration_ms"]) for t in taken if "duration_ms" in t]
+        orders = [int(t["resting_orders"]) for t in taken if "resting_orders" in t]
+        sizes_b = [int(t["bytes"]) for t in taken if "bytes" in t]
+        p50a, p99a, p50b, p99b = pct(base, 0.5), pct(base, 0.99), pct(busy, 0.5), pct(busy, 0.99)
+        ratio = p99b / p99a if p99a else float("nan")
+        print()
+        print(f"clobd recovery bench ({'quick' if args.quick else 'full'}; {os.cpu_count()} cores; "
+              f"{sz.records:,} records, book of {facts['resting']:,} resting orders)")  # fmt: skip
+        print(f"{'measure':58} {'value':>20}")
+        print("-" * 79)
+        rows = [
+            ("1. full replay, rebuild(journal, spec, None)", f"{full_s:.2f} s"),
+            ("   replay rate", f"{replay_rate:,.0f} rec/s"),
+            ("   of which journal.read + decode alone (diagnostic)",
+             f"{read_s:.2f} s, {sz.records / read_s:,.0f}/s"),
+            (f"2a. restart, full replay ({sz.records:,} records)", f"{full_s:.2f} s"),
+            (f"2b. restart, checkpoint + {tail_records:,}-record tail", f"{tail_s:.3f} s"),
+            ("    of which restoring the checkpoint alone (diagnostic)", f"{restore_s:.3f} s"),
+            ("    python -m matcher to READY, full replay", f"{proc_full:.2f} s"),
+            ("    python -m matcher to READY, checkpoint + tail", f"{proc_tail:.2f} s"),
+            (f"3. ack p50 / p99, no checkpoint ({len(base):,} acks)", f"{p50a:.2f} / {p99a:.2f} ms"),
+            (f"   ack p50 / p99, SIGUSR1 every {sz.take_every_s:g} s ({len(busy):,} acks)",
+             f"{p50b:.2f} / {p99b:.2f} ms"),
+            ("   ack max, no checkpoint / checkpointing",
+             f"{max(base, default=float('nan')):.1f} / {max(busy, default=float('nan')):.1f} ms"),
+            ("   p99 per window, in order (ms)", ", ".join(per_window)),
+            (f"   checkpoints written in the window ({signals} SIGUSR1)", f"{len(taken)}"),
+        ]  # fmt: skip
+        if durations:
+            rows.append(("   checkpoint duration_ms median / max",
+                         f"{statistics.median(durations):.0f} / {max(durations):.0f} ms"))  # fmt: skip
+            rows.append(("   checkpoint size, resting orders",
+                         f"{max(sizes_b) / 2**20:.1f} MiB, {max(orders):,}"))  # fmt: skip
+        for label, value in rows:
+            print(f"{label:58} {value:>20}")
+        print()
+        print("quoted by the issue for matching-engine (NOT measured here, for scale only):")
+        for label, value in QUOTED:
+            print(f"  quoted: {label:52} {value:>17}")
+        print()
+        print(f"{verdict(replay_rate >= TARGET_REPLAY)}: replay {replay_rate:,.0f} rec/s "
+              f"(target >= {TARGET_REPLAY:,})")  # fmt: skip
+        book = facts["resting"]
+        print(f"{verdict(tail_s < TARGET_RESTART_S)}: restart from checkpoint + {tail_records:,}-record "
+              f"tail {tail_s:.3f} s, book {book:,} orders (target < {TARGET_RESTART_S:g} s)")  # fmt: skip
+        ok3 = bool(base and busy and taken) and p99b <= p99a * TARGET_P99_RATIO
+        print(f"{verdict(ok3)}: ack p99 while checkpointing {p99b:.2f} ms vs {p99a:.2f} ms without "
+              f"(x{ratio:.2f}; target <= x{TARGET_P99_RATIO:.2f}); {len(taken)} checkpoints")  # fmt: skip
+        if args.quick:
+            print("(quick run: sizes are a tenth of the targets' sizes; verdicts are only indicative)")
+        for problem in problems:
+            print(f"PROBLEM: {problem}")
+        print(f"total {time.perf_counter() - wall0:.0f} s")
+        return 0 if not problems else 1
+    finally:
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
