@@ -1,6 +1,9 @@
-"""`clob book` and `clob ping`: one-shot looks at the gateway."""
+"""`clob book` (once, or refreshed with --watch) and `clob ping`: looks at the gateway."""
 
 from __future__ import annotations
+
+import sys
+import time
 
 import click
 
@@ -12,13 +15,43 @@ from gateway.client import decimal_book
 @click.command()
 @click.argument("symbol")
 @click.option("--depth", type=click.IntRange(min=1), default=10, show_default=True, help="levels per side.")
+@click.option("--watch", is_flag=True, help="refresh until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=0.5,
+    show_default=True,
+    help="seconds between refreshes (--watch).",
+)
 @gateway_options
-def book(target: Target, symbol: str, depth: int) -> None:
-    """Show SYMBOL's aggregated book: asks above bids, prices and quantities in decimals."""
-    with connected(target) as client:
-        reply = client.book(symbol, depth)
-        inst = client.instrument(symbol)
-        emit(target, output.reply_json(reply, inst), output.ladder(decimal_book(inst, reply)))
+def book(target: Target, symbol: str, depth: int, watch: bool, interval: float) -> None:
+    """Show SYMBOL's aggregated book: asks above bids, prices and quantities in decimals.
+
+    With --watch, refresh it every --interval seconds until Ctrl-C: in place on a terminal,
+    otherwise as successive snapshots separated by a line.
+    """
+    try:
+        with connected(target) as client:
+            tty = sys.stdout.isatty()
+            while True:
+                reply = client.book(symbol, depth)  # first: an unknown symbol is the gateway's reject
+                inst = client.instrument(symbol)
+                if watch and tty and not target.as_json:
+                    click.echo(_CLEAR, nl=False)
+                emit(target, output.reply_json(reply, inst), output.ladder(decimal_book(inst, reply)))
+                if not watch:
+                    return
+                if not tty and not target.as_json:
+                    click.echo(_SEPARATOR)
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        if not watch:
+            raise
+    # Ctrl-C is how a watch ends: exit 0.
+
+
+_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
+_SEPARATOR = "-" * 40
 
 
 @click.command()

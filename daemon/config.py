@@ -120,6 +120,14 @@ class Config(msgspec.Struct, **_CFG):
     def market_data_endpoint(self) -> str:
         return f"ipc://{self.run_path / 'market-data.sock'}"
 
+    def admin_endpoint(self) -> str:
+        """Local-only admin socket (`clob status`): ipc, file mode 0600, never tcp."""
+        return f"ipc://{self.run_path / 'admin.sock'}"
+
+    def children_path(self) -> Path:
+        """The supervisor's children table (name, pid, restarts, ready), rewritten on change."""
+        return self.run_path / "children.json"
+
     def journal_dir(self) -> Path:
         return self.data_path / "journal"
 

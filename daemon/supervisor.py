@@ -18,6 +18,7 @@ after which stragglers are killed.
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -67,6 +68,8 @@ class Supervisor:
         self._last_watchdog = 0.0
         self._last_status = ""
         self._gateway_serving = False  # the gateway said SERVING=1: every matcher reachable
+        self._children_path = config.children_path()
+        self._children_written = ""
 
     def _child(self, name: str, module: str, *args: str) -> Child:
         argv = [sys.executable, "-m", module, *args]
@@ -161,6 +164,7 @@ class Supervisor:
         child.restart_at = 0.0
         child.started_at = time.monotonic()
         logs.log(log, "child_started", child=child.name, pid=child.proc.pid)
+        self._write_children()
 
     def _reap_and_restart(self) -> None:
         now = time.monotonic()
@@ -186,6 +190,7 @@ class Supervisor:
         child.backoff = min(sup.restart_backoff_max_s, max(sup.restart_backoff_s, child.backoff * 2))
         child.restart_at = now + child.backoff
         child.ready = False
+        self._write_children()
         logs.log(
             log, "child_exited", level=30, child=child.name, pid=child.proc.pid if child.proc else 0,
             code=code, restart_in_s=round(child.backoff, 2),
@@ -249,6 +254,30 @@ class Supervisor:
                 child.backoff = child.backoff if child.restarts else 0.0
                 pid = child.proc.pid if child.proc else 0
                 logs.log(log, "child_ready", child=child.name, pid=pid, seq=message.get("SEQ", ""))
+                self._write_children()
+
+    def _write_children(self) -> None:
+        """`<run_dir>/children.json` for `clob status`: rewritten (tmp + rename) on every change."""
+        rows = [
+            {
+                "name": c.name,
+                "pid": c.proc.pid if c.proc is not None and c.restart_at == 0.0 else 0,
+                "restarts": c.restarts,
+                "ready": c.ready,
+            }
+            for c in self.children
+        ]
+        text = json.dumps({"supervisor_pid": os.getpid(), "children": rows}, indent=1)
+        if text == self._children_written:
+            return
+        tmp = self._children_path.with_name(self._children_path.name + ".tmp")
+        try:
+            tmp.write_text(text + "\n")
+            tmp.replace(self._children_path)
+        except OSError as exc:
+            logs.log(log, "children_file_failed", level=30, error=str(exc))
+            return
+        self._children_written = text
 
     def _send_watchdog(self) -> None:
         usec = os.environ.get("WATCHDOG_USEC")
@@ -263,6 +292,7 @@ class Supervisor:
         # Every child is gone: their ipc socket files are stale now, so don't leave them.
         for stale in self.config.run_path.glob("*.sock"):
             stale.unlink(missing_ok=True)
+        self._children_path.unlink(missing_ok=True)
         signal.set_wakeup_fd(-1)
         self._selector.close()
         self._notify_sock.close()

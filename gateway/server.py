@@ -27,6 +27,7 @@ gets only the `Reject` (docs/protocol.md, "mass_cancel").
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import itertools
@@ -51,7 +52,7 @@ from daemon import logs, notify
 from daemon.config import Config
 from engine import messages as E
 from engine.messages import RejectReason, Trade
-from gateway import auth, protocol
+from gateway import admin, auth, protocol
 from gateway.protocol import (
     Ack,
     Amend,
@@ -93,6 +94,8 @@ _LINGER_MS = 200
 # with 0, so a 0-led id of another length can never be a real connection.
 _FANOUT_PREFIX = b"\x00mass-cancel:"
 
+_ADMIN_DRAIN = 64  # admin requests read per loop iteration
+
 _Handler = Callable[[bytes, str, Any], None]
 
 
@@ -123,6 +126,19 @@ class _Fanout:
         self.symbols: list[str] = []  # sent to and answered (Ack or Reject), in that order
 
 
+class _AdminRequest:
+    """A `StatusRequest` waiting for the matchers' `AdminAnswer`s."""
+
+    __slots__ = ("answers", "conn", "deadline", "req_id", "waiting")
+
+    def __init__(self, conn: bytes, req_id: int, deadline: float) -> None:
+        self.conn = conn
+        self.req_id = req_id
+        self.deadline = deadline  # monotonic: then answered with what came
+        self.waiting: set[str] = set()
+        self.answers: dict[str, link.AdminAnswer] = {}
+
+
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -143,6 +159,8 @@ class Gateway:
         self._fanouts: dict[bytes, _Fanout] = {}
         self._fanout_ids = 0
         self._strangers: set[str] = set()  # symbols of unconfigured matchers, warned about
+        self._admin_pending: dict[int, _AdminRequest] = {}
+        self._admin_ids = 0
         self._instruments = [
             InstrumentInfo(i.symbol, i.price_decimals, i.qty_decimals, i.tick_size, i.lot_size,
                            i.min_qty, i.max_qty)
@@ -189,6 +207,8 @@ class Gateway:
         _bind(self.replies, self.config.replies_endpoint())
         for inst in self.config.instruments:
             self.routes[inst.symbol] = self._matcher_route(inst.symbol)
+        self.admin = self._socket(zmq.ROUTER)
+        _bind_private(self.admin, self.config.admin_endpoint())
         self._start_market_data(keys)
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
@@ -233,22 +253,28 @@ class Gateway:
             poller.register(route.monitor, zmq.POLLIN)
         poller.register(self.replies, zmq.POLLIN)
         poller.register(self.clients, zmq.POLLIN)
+        poller.register(self.admin, zmq.POLLIN)
         logs.log(self.log, "serving", bind=self.config.gateway.bind,
                  market_data=self.config.gateway.market_data_bind, curve=self.curve,
                  instruments=",".join(self.routes))
         notify.notify("READY=1\nCHILD=gateway")
         gc.freeze()  # start-up objects never need collecting: fewer, shorter GC pauses
-        clients, replies = self.clients, self.replies
+        clients, replies, admin_sock = self.clients, self.replies, self.admin
         while not self.stopping:
             ready = dict(poller.poll(_POLL_MS))
-            if len(ready) > (clients in ready) + (replies in ready):
+            if len(ready) > (clients in ready) + (replies in ready) + (admin_sock in ready):
                 self._check_matchers()  # before replies: a loss precedes any later MatcherReady
             if replies in ready:
                 self._drain_replies()
             if clients in ready:
                 self._drain_clients()
                 self._flush()
-            self.tally.maybe_log(time.monotonic())
+            now = time.monotonic()
+            if admin_sock in ready:
+                self._drain_admin(now)
+            if self._admin_pending:
+                self._expire_admin(now)
+            self.tally.maybe_log(now)
         self._shutdown()
 
     def stop(self) -> None:
@@ -480,6 +506,8 @@ class Gateway:
             self._on_status(msg)  # type: ignore[arg-type]
         elif kind is link.BookAnswer:
             self._on_book(msg)  # type: ignore[arg-type]
+        elif kind is link.AdminAnswer:
+            self._on_admin_answer(msg)  # type: ignore[arg-type]
         else:
             self._on_ready(msg)  # type: ignore[arg-type]
 
@@ -594,6 +622,72 @@ class Gateway:
             if symbol in fanout.waiting:
                 self._refused(symbol, token, fanout.req_id, "", RejectReason.BUSY, "instrument restarted")
 
+    # --- the admin endpoint (local only) -----------------------------------------------------
+
+    def _drain_admin(self, now: float) -> None:
+        for _ in range(_ADMIN_DRAIN):
+            try:
+                frames = self.admin.recv_multipart(_NB)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                continue
+            conn, payload = frames
+            try:
+                request = admin.request_decoder.decode(payload)
+            except msgspec.DecodeError:
+                self._failed("bad_admin_request", level=logging.WARNING, traceback=False)
+                continue
+            self._admin_ids += 1
+            token = self._admin_ids
+            pending = _AdminRequest(conn, request.req_id, now + admin.ANSWER_TIMEOUT_S)
+            self._admin_pending[token] = pending
+            query = _encode_link(link.AdminQuery(conn, token))
+            for route in self.routes.values():
+                if not route.ready:
+                    continue
+                try:
+                    route.sock.send(query, _NB)
+                except zmq.Again:
+                    continue  # listed as not answered
+                pending.waiting.add(route.symbol)
+            if not pending.waiting:
+                self._admin_reply(token)
+
+    def _on_admin_answer(self, a: link.AdminAnswer) -> None:
+        pending = self._admin_pending.get(a.req_id)
+        if pending is None or a.symbol not in pending.waiting:
+            return  # late: already answered without it
+        pending.waiting.discard(a.symbol)
+        pending.answers[a.symbol] = a
+        if not pending.waiting:
+            self._admin_reply(a.req_id)
+
+    def _expire_admin(self, now: float) -> None:
+        for token, pending in list(self._admin_pending.items()):
+            if now >= pending.deadline:
+                self._admin_reply(token)
+
+    def _admin_reply(self, token: int) -> None:
+        pending = self._admin_pending.pop(token)
+        rows: list[admin.InstrumentStatus] = []
+        for inst in self.config.instruments:
+            route = self.routes[inst.symbol]
+            row = admin.InstrumentStatus(inst.symbol, inst.price_decimals, inst.qty_decimals,
+                                         route.ready, route.inflight, matcher_pid=route.pid)
+            a = pending.answers.get(inst.symbol)
+            if a is not None:
+                row = msgspec.structs.replace(
+                    row, answered=True, matcher_pid=a.pid, seq=a.seq, resting_orders=a.resting_orders,
+                    best_bid=a.best_bid, best_ask=a.best_ask, batches=a.batches, commands=a.commands,
+                    last_batch=a.last_batch, commit_p50_us=a.commit_p50_us, commit_p99_us=a.commit_p99_us,
+                )  # fmt: skip
+            rows.append(row)
+        reply = admin.StatusReply(pending.req_id, os.getpid(), len(self.sessions), rows)
+        # The asker gone or not reading: it times out on its side.
+        with contextlib.suppress(zmq.ZMQError):
+            self.admin.send_multipart([pending.conn, admin.encoder.encode(reply)], _NB)
+
     # --- towards the clients ----------------------------------------------------------------
 
     def _send(self, conn: bytes, payload: bytes) -> None:
@@ -688,6 +782,20 @@ def _bind(sock: zmq.Socket[bytes], endpoint: str) -> None:
     if endpoint.startswith("ipc://"):
         _clear_ipc(endpoint.removeprefix("ipc://"))
     sock.bind(endpoint)
+
+
+def _bind_private(sock: zmq.Socket[bytes], endpoint: str) -> None:
+    """Bind an ipc endpoint whose socket file only this user may open (mode 0600)."""
+    if not endpoint.startswith("ipc://"):
+        raise ValueError(f"{endpoint}: a private endpoint must be ipc://")
+    path = endpoint.removeprefix("ipc://")
+    _clear_ipc(path)
+    previous = os.umask(0o177)  # created 0600 from the start: no window with wider access
+    try:
+        sock.bind(endpoint)
+    finally:
+        os.umask(previous)
+    os.chmod(path, 0o600)
 
 
 def _clear_ipc(path: str) -> None:

@@ -43,7 +43,14 @@ class BookQuery(msgspec.Struct, tag=3, **_LINK):
     depth: int
 
 
-ToMatcher = CommandBatch | StatusQuery | BookQuery
+class AdminQuery(msgspec.Struct, tag=4, **_LINK):
+    """The admin endpoint's `clob status`: this matcher's counters (never touches the book)."""
+
+    conn: bytes  # the admin connection's routing id
+    req_id: int  # the gateway's token for the pending status request
+
+
+ToMatcher = CommandBatch | StatusQuery | BookQuery | AdminQuery
 
 
 class Outcome(msgspec.Struct, **_LINK):
@@ -104,7 +111,23 @@ class MatcherReady(msgspec.Struct, tag=14, **_LINK):
     pid: int
 
 
-ToGateway = OutcomeBatch | StatusAnswer | BookAnswer | MatcherReady
+class AdminAnswer(msgspec.Struct, tag=15, **_LINK):
+    symbol: str
+    conn: bytes
+    req_id: int
+    seq: int  # the journal's last seq
+    pid: int
+    resting_orders: int
+    best_bid: int | None  # price units; None: that side is empty
+    best_ask: int | None
+    batches: int  # group commits since start
+    commands: int  # journaled commands since start
+    last_batch: int  # commands in the latest group commit
+    commit_p50_us: float  # journal commit latency over the last commits (<= 1024)
+    commit_p99_us: float
+
+
+ToGateway = OutcomeBatch | StatusAnswer | BookAnswer | MatcherReady | AdminAnswer
 
 encoder = msgspec.msgpack.Encoder()
 to_matcher = msgspec.msgpack.Decoder(ToMatcher)

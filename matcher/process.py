@@ -24,10 +24,12 @@ from __future__ import annotations
 import fcntl
 import gc
 import logging
+import math
 import os
 import signal
 import socket
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,8 @@ from journal.checkpoints import checkpoints_path
 from journal.store import client_id_key
 from matcher import link
 from matcher.link import (
+    AdminAnswer,
+    AdminQuery,
     BookAnswer,
     BookQuery,
     CommandBatch,
@@ -80,7 +84,9 @@ _decode_link = link.to_matcher.decode
 _encode_md = msgspec.msgpack.Encoder().encode
 _STORAGE_FAILURE = int(RejectReason.STORAGE_FAILURE)
 
-Query = StatusQuery | BookQuery
+COMMIT_WINDOW = 1024  # commit durations kept for the admin endpoint's p50/p99
+
+Query = StatusQuery | BookQuery | AdminQuery
 
 
 class StopSignal:
@@ -167,6 +173,9 @@ class Matcher:
         # (journal seq, engine state equal to the journal at that seq), kept while commits fail.
         self._clean: tuple[int, Checkpoint] | None = None
         self.stats = {"batches": 0, "commands": 0, "duplicates": 0, "refused": 0, "queries": 0}
+        self.last_batch = 0  # commands in the latest group commit
+        # Durations (ns) of the latest journal commits: a ring buffer, read only by `clob status`.
+        self.commit_ns: deque[int] = deque(maxlen=COMMIT_WINDOW)
         self.ctx = zmq.Context(io_threads=1)
         self.pull = self.ctx.socket(zmq.PULL)
         self.push = self.ctx.socket(zmq.PUSH)
@@ -251,6 +260,8 @@ class Matcher:
         stats = self.stats
         stats["batches"] += 1
         stats["commands"] += len(batch.payloads)
+        if batch.payloads:
+            self.last_batch = len(batch.payloads)
         stats["duplicates"] += len(envelopes) - len(batch.payloads)
         # Resting orders live long, and a full collection walks every tracked object: 17 ms
         # at 100k orders, 190 ms at 800k, a stall of the whole order path. Freezing after
@@ -297,8 +308,10 @@ class Matcher:
 
     def _commit(self, batch: _Batch) -> bool:
         """One synced commit for the whole batch; on failure refuse it and roll the engine back."""
+        started = time.perf_counter_ns()
         try:
             self.journal.append_encoded(batch.first_seq, batch.payloads, batch.ids)
+            self.commit_ns.append(time.perf_counter_ns() - started)
         except JournalError as exc:
             if self.journal.last_seq() >= batch.last_seq:
                 # LMDB reported a failure after the commit reached the file: it is durable.
@@ -393,8 +406,29 @@ class Matcher:
             bids, asks = self.engine.depth(max(0, min(query.depth, MAX_BOOK_DEPTH)))
             seq = self.journal.last_seq()
             self._send(BookAnswer(self.symbol, query.conn, query.req_id, seq, bids, asks))
+        elif isinstance(query, AdminQuery):
+            self._send(self._admin(query))
         else:
             self._send(self._status(query))
+
+    def _admin(self, query: AdminQuery) -> AdminAnswer:
+        durations = sorted(self.commit_ns)
+        engine = self.engine
+        return AdminAnswer(
+            self.symbol,
+            query.conn,
+            query.req_id,
+            self.journal.last_seq(),
+            os.getpid(),
+            engine.order_count(),
+            engine.best_bid(),
+            engine.best_ask(),
+            self.stats["batches"],
+            self.stats["commands"],
+            self.last_batch,
+            _percentile_us(durations, 0.50),
+            _percentile_us(durations, 0.99),
+        )
 
     def _status(self, query: StatusQuery) -> StatusAnswer:
         """Only the asking account's own resting order is ever described."""
@@ -417,6 +451,14 @@ class Matcher:
             order.qty,
             order.remaining,
         )
+
+
+def _percentile_us(ordered_ns: list[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanosecond durations, in microseconds (0 if none)."""
+    if not ordered_ns:
+        return 0.0
+    rank = max(0, math.ceil(q * len(ordered_ns)) - 1)
+    return round(ordered_ns[rank] / 1000, 1)
 
 
 def _public(events: list[Event]) -> list[Event]:
