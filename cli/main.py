@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import journal, keys, market, orders, serve, snapshots
+from cli import history, journal, keys, market, orders, serve, snapshots, status
 from gateway.protocol import PROTOCOL_VERSION
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -33,10 +33,14 @@ COMMANDS: tuple[click.Command, ...] = (
     orders.order,
     market.book,
     market.ping,
+    status.status,
     keys.keys,
     journal.journal_group,
     snapshots.snapshot_group,
     snapshots.replay,
+    history.orders,
+    history.fills,
+    history.order_history,
 )
 
 for _command in COMMANDS:
