@@ -6,22 +6,19 @@ output; one real daemon at the end shows the snapshotter keeps the index current
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from cli.main import clob
 from daemon.config import load
 from engine.engine import Engine
 from engine.messages import Amend, Cancel, Command, NewOrder, Side
 from gateway.client import Client
 from journal import Journal, Record, journal_path
 from journal.history import HistoryIndex, catch_up, history_path
+from tests.cli.clob_runner import ClobOn
 from tests.e2e.conftest import Daemon
 
 T0 = 1_700_000_000_000_000_000
@@ -61,7 +58,7 @@ def _btc(seq: int) -> Command:
 BTC_RECORDS = 8
 
 
-class Data:
+class Data(ClobOn):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.config_path = root / "clobd.toml"
@@ -77,16 +74,6 @@ class Data:
             with Journal(path) as journal:
                 journal.append([Record(c.seq, c.ts, c, engine.process(c)) for c in commands])
 
-    def run(self, *args: str) -> Result:
-        return CliRunner().invoke(clob, [*args, "--config", str(self.config_path)])
-
-    def ok(self, *args: str) -> str:
-        result = self.run(*args)
-        assert result.exit_code == 0, result.output + repr(result.exception)
-        return result.stdout
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.ok(*args, "--json"))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from cli import snapshots
 from cli.main import clob
@@ -20,6 +20,7 @@ from engine.engine import Engine
 from engine.messages import Trade
 from journal import Journal, journal_path
 from journal.checkpoints import Snapshot, checkpoints_path
+from tests.cli.clob_runner import ClobOn
 from tests.matcher.checkpointed import build, command, corrupt
 from tests.matcher.harness import SYMBOL, write_config
 
@@ -27,7 +28,7 @@ RECORDS = 400
 CHECKPOINTS = (100, 200, 300)
 
 
-class Data:
+class Data(ClobOn):
     def __init__(self, root: Path) -> None:
         self.config_path = write_config(root, Path(tempfile.gettempdir()))
         config = load(self.config_path)
@@ -37,16 +38,6 @@ class Data:
         self.store = checkpoints_path(config.data_path)
         self.hashes, self.snaps = build(self.journal, self.store, RECORDS, CHECKPOINTS, spec=self.spec)
 
-    def run(self, *args: str) -> Result:
-        return CliRunner().invoke(clob, [*args, "--config", str(self.config_path)])
-
-    def ok(self, *args: str) -> str:
-        result = self.run(*args)
-        assert result.exit_code == 0, result.output + repr(result.exception)
-        return result.stdout
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.ok(*args, "--json"))
 
 
 @pytest.fixture
