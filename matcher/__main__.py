@@ -8,11 +8,9 @@ unknown symbol, journal locked or damaged, sockets), 2 for bad arguments (argpar
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from daemon import config as daemon_config
-from daemon import logs
+from daemon import child
 from matcher import process
 
 
@@ -21,19 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--symbol", required=True, help="the instrument this matcher owns")
     parser.add_argument("--config", default=None, help="TOML file (default: the embedded default)")
     args = parser.parse_args(argv)
-    logger = logs.get(f"matcher.{args.symbol}")
-    try:
-        config = daemon_config.load(args.config)
-    except daemon_config.ConfigError as exc:
-        logs.setup()
-        logs.log(logger, "cannot_start", logging.ERROR, reason=str(exc))
-        return process.EXIT_CANNOT_START
-    logs.setup(config.log_level, config.log_format)
-    try:
-        return process.run(config, args.symbol)
-    except Exception:  # a bug: say so in one line and let the supervisor restart us
-        logger.exception("crashed")
-        return process.EXIT_CANNOT_START
+    return child.main(f"matcher.{args.symbol}", args.config, lambda config: process.run(config, args.symbol))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ throughput (docs/architecture.md). One line of log per significant event, never 
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import logging
 import math
@@ -37,7 +36,8 @@ import lmdb
 import msgspec
 import zmq
 
-from daemon import logs
+from daemon import child, logs
+from daemon.child import LockHeld, exclusive_lock
 from daemon.config import Config
 from daemon.logs import log
 from daemon.notify import notify
@@ -522,7 +522,7 @@ def _prepare_ipc(endpoint: str) -> None:
 # --- the process ----------------------------------------------------------------------------
 
 EXIT_OK = 0
-EXIT_CANNOT_START = 1
+EXIT_CANNOT_START = child.EXIT_CANNOT_START
 EXIT_DETERMINISM_ALARM = 3
 
 
@@ -604,17 +604,11 @@ def _claim(config: Config, symbol: str) -> int:
     """One matcher per journal: an exclusive flock beside it, which the kernel releases
     when the process dies, however it dies (so a SIGKILLed matcher never blocks its restart)."""
     try:
-        path = journal_path(config.journal_dir(), symbol).with_name(f"{symbol}.matcher-lock")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return exclusive_lock(journal_path(config.journal_dir(), symbol).with_name(f"{symbol}.matcher-lock"))
+    except LockHeld as exc:
+        raise CannotStart(f"another matcher holds {exc}") from exc
     except (OSError, ValueError) as exc:
         raise CannotStart(f"lock file: {exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise CannotStart(f"another matcher holds {path} ({exc.strerror})") from exc
-    return fd
 
 
 def _open_journal(config: Config, symbol: str) -> Journal:

@@ -22,7 +22,6 @@ instrument when its shadow first reaches the end of its journal.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import logging
 import os
@@ -33,7 +32,8 @@ from types import FrameType
 
 import lmdb
 
-from daemon import logs
+from daemon import child, logs
+from daemon.child import LockHeld, exclusive_lock
 from daemon.config import Config
 from daemon.logs import log
 from daemon.notify import notify
@@ -43,7 +43,7 @@ from journal import CorruptRecord, Journal, JournalError, Record, history, journ
 from journal.checkpoints import CheckpointStore, CorruptSnapshot, checkpoints_path, encode, new_snapshot
 
 EXIT_OK = 0
-EXIT_CANNOT_START = 1
+EXIT_CANNOT_START = child.EXIT_CANNOT_START
 
 PID_FILE = "snapshotter.pid"
 NICENESS = 10
@@ -381,15 +381,11 @@ def _claim(path: Path) -> int:
     """One snapshotter per daemon: an exclusive flock on the pid file (released by the kernel
     however the process dies), which also tells `clob snapshot take` whom to signal."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = exclusive_lock(path)
+    except LockHeld as exc:
+        raise CannotStart(f"another snapshotter holds {exc}") from exc
     except OSError as exc:
         raise CannotStart(f"pid file {path}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise CannotStart(f"another snapshotter holds {path} ({exc.strerror})") from exc
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd

@@ -1,0 +1,53 @@
+"""What every child process of `clob serve` does around its own work: one exclusive lock
+file, and a `__main__` that loads the config, sets up logs and turns failures into exit
+codes with one log line each."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from daemon import config as daemon_config
+from daemon import logs
+
+EXIT_CANNOT_START = 1
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock; the message names the file and why."""
+
+
+def exclusive_lock(path: Path) -> int:
+    """Open (creating) `path` and hold a non-blocking exclusive flock on it, as a file
+    descriptor kept for the process's life. The kernel releases it however the process
+    dies, so a SIGKILLed holder never blocks its restart. OSError if the file can't be
+    opened; LockHeld if someone else holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise LockHeld(f"{path} ({exc.strerror})") from exc
+    return fd
+
+
+def main(logger_name: str, config_path: str | None, run: Callable[[daemon_config.Config], int]) -> int:
+    """Load the config, set up logs and `run`; a bad config or a bug is one log line and
+    EXIT_CANNOT_START (the supervisor logs the exit and restarts the child)."""
+    logger = logs.get(logger_name)
+    try:
+        config = daemon_config.load(config_path)
+    except daemon_config.ConfigError as exc:
+        logs.setup()
+        logs.log(logger, "cannot_start", logging.ERROR, reason=str(exc))
+        return EXIT_CANNOT_START
+    logs.setup(config.log_level, config.log_format)
+    try:
+        return run(config)
+    except Exception:  # a bug: say so in one line and let the supervisor restart us
+        logger.exception("crashed")
+        return EXIT_CANNOT_START
