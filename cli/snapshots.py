@@ -22,11 +22,14 @@ import click
 import lmdb
 
 from cli import output
+from cli.common import NoAnswer
 from cli.journal import PROGRESS_MIN, Source, instrument_info, journal_options, utc
 from cli.output import Units
+from cli.status import ask
 from engine.engine import Engine
 from engine.instrument import Instrument
 from engine.messages import Checkpoint, RestingOrder, Trade
+from gateway import admin
 from gateway.client import DecimalBook, Level
 from journal import JournalError, Record
 from journal.checkpoints import CheckpointStore, Snapshot, SnapshotInfo, checkpoints_path
@@ -34,6 +37,7 @@ from snapshotter.process import PID_FILE
 
 EXIT_PROBLEM = 1
 VWAP_EXTRA_DECIMALS = 6  # VWAP is shown with the price's decimals plus these, rounded half-even
+LIVE_DIFF_DEPTH = 1000  # levels per side compared by --compare-live (the gateway's book limit)
 
 Levels = list[tuple[int, int, int]]  # (price, open qty, orders), best first
 
@@ -367,8 +371,25 @@ def _run(records: Iterator[Record], result: Replayed, update: Callable[[int], No
 )
 @click.option("--to-seq", type=click.IntRange(min=0), help="last journal seq to apply [default: the end].")
 @click.option("--depth", type=click.IntRange(min=0), default=5, show_default=True, help="levels per side.")
+@click.option(
+    "--compare-live",
+    is_flag=True,
+    help="replay to the running daemon's seq and diff the result against its live book (exit 1 if"
+    " they differ).",
+)
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="seconds to wait for the daemon."
+)
 @journal_options
-def replay(source: Source, symbol: str, snapshot_id: str, to_seq: int | None, depth: int) -> None:
+def replay(
+    source: Source,
+    symbol: str,
+    snapshot_id: str,
+    to_seq: int | None,
+    depth: int,
+    compare_live: bool,
+    timeout: float,
+) -> None:
     """Re-run SYMBOL's journal offline, from a checkpoint or from scratch, up to --to-seq.
 
     Restores the checkpoint into an engine in this process (nothing is written: the journal
@@ -376,17 +397,29 @@ def replay(source: Source, symbol: str, snapshot_id: str, to_seq: int | None, de
     checking each one's events, and prints the resulting book, its state hash, and the
     trades over the replayed range (count, volume, VWAP). The same range always gives the
     same hash and figures. Exits 1 if a record cannot be replayed.
+
+    --compare-live asks the running daemon (its local admin socket) for the matcher's seq,
+    state hash and levels, replays to that very seq, and prints whether the two books are
+    identical, with the levels that differ if not. Exits 1 on a difference, 3 if the daemon
+    does not answer.
     """
     spec = source.spec(symbol)
     if spec is None:
         raise click.ClickException(f"{symbol} is not in the config: replay needs its instrument spec")
     snapshot = None if snapshot_id.lower() == "none" else find_snapshot(source, snapshot_id)
+    live = None
+    if compare_live:
+        if to_seq is not None:
+            raise click.BadParameter("--compare-live replays to the live seq: leave --to-seq out")
+        live = live_book(source, symbol, timeout)
+        to_seq = live.seq
     result = replay_range(source, symbol, spec, snapshot, to_seq)
     engine = result.engine
     state = engine.checkpoint()
     u = Units(instrument_info(spec))
     bids, asks = levels(state.bids), levels(state.asks)
     metrics = result.metrics.doc(spec)
+    comparison = None if live is None else compare(live, engine, u)
     if source.as_json:
         doc = {
             "symbol": symbol,
@@ -401,7 +434,10 @@ def replay(source: Source, symbol: str, snapshot_id: str, to_seq: int | None, de
             "asks": _levels_doc(asks[:depth], u),
             **metrics,
         }
+        if comparison is not None:
+            doc["live"] = comparison
         click.echo(output.dumps(doc))
+        _exit_on_difference(comparison)
         return
     origin = "an empty book"
     if snapshot is not None:
@@ -421,6 +457,70 @@ def replay(source: Source, symbol: str, snapshot_id: str, to_seq: int | None, de
                 f"vwap              {metrics['vwap'] or '-'}",
                 "",
                 _ladder(symbol, result.last_seq, bids[:depth], asks[:depth], u),
+                *([] if comparison is None else ["", *_comparison_lines(comparison)]),
             ]
         )
     )
+    _exit_on_difference(comparison)
+
+
+# --- clob replay --compare-live ----------------------------------------------------------
+
+
+def live_book(source: Source, symbol: str, timeout: float) -> admin.InstrumentStatus:
+    """The running matcher's seq, state hash and top levels, all taken at one instant."""
+    reply = ask(source.config, timeout, state_hash=True, depth=LIVE_DIFF_DEPTH)
+    if reply is None:
+        raise NoAnswer(f"no answer from the daemon at {source.config.admin_endpoint()} within {timeout}s")
+    row = next((i for i in reply.instruments if i.symbol == symbol), None)
+    if row is None:
+        raise click.ClickException(f"the running daemon has no instrument {symbol}")
+    if not row.answered or not row.state_hash:
+        raise NoAnswer(f"the matcher of {symbol} did not answer (restarting or busy): try again")
+    return row
+
+
+def compare(live: admin.InstrumentStatus, engine: Engine, u: Units) -> dict[str, object]:
+    """Replayed against live: equal hashes mean equal books (every order, in queue order,
+    and the counters); on a difference, the aggregated levels that differ say where."""
+    replayed_bids, replayed_asks = engine.depth(LIVE_DIFF_DEPTH)
+    differences: list[dict[str, object]] = []
+    for side, mine, theirs in (("bid", replayed_bids, live.bids), ("ask", replayed_asks, live.asks)):
+        replayed_at, live_at = dict(mine), dict(theirs)
+        for price in sorted(replayed_at.keys() | live_at.keys()):
+            if replayed_at.get(price) != live_at.get(price):
+                differences.append({
+                    "side": side,
+                    "price": u.price(price),
+                    "replayed_qty": None if price not in replayed_at else u.qty(replayed_at[price]),
+                    "live_qty": None if price not in live_at else u.qty(live_at[price]),
+                })  # fmt: skip
+    return {
+        "seq": live.seq,
+        "state_hash": live.state_hash,
+        "matcher_pid": live.matcher_pid,
+        "identical": live.state_hash == engine.state_hash(),
+        "level_differences": differences,
+    }
+
+
+def _comparison_lines(c: dict[str, object]) -> list[str]:
+    verdict = "IDENTICAL to" if c["identical"] else "DIFFERENT from"
+    lines = [
+        f"live book         seq {c['seq']}, state hash {c['state_hash']} (matcher pid {c['matcher_pid']})",
+        f"replay is {verdict} the live book",
+    ]
+    differences = c["level_differences"]
+    assert isinstance(differences, list)
+    if not c["identical"] and not differences:
+        lines.append(f"  the top {LIVE_DIFF_DEPTH} aggregated levels agree: the difference is in queue"
+                     " order, order ids or counters")  # fmt: skip
+    for d in differences:
+        replayed, live = d["replayed_qty"] or "-", d["live_qty"] or "-"
+        lines.append(f"  {d['side']} {d['price']}: replayed {replayed}, live {live}")
+    return lines
+
+
+def _exit_on_difference(comparison: dict[str, object] | None) -> None:
+    if comparison is not None and not comparison["identical"]:
+        raise click.exceptions.Exit(EXIT_PROBLEM)

@@ -25,8 +25,13 @@ from gateway import admin
 from journal.checkpoints import CheckpointStore, checkpoints_path
 
 
-def ask(config: Config, timeout: float) -> admin.StatusReply | None:
-    """One StatusRequest to the admin socket; None when the daemon does not answer in time."""
+def ask(
+    config: Config, timeout: float, *, state_hash: bool = False, depth: int = 0
+) -> admin.StatusReply | None:
+    """One StatusRequest to the admin socket; None when the daemon does not answer in time.
+
+    ``state_hash``/``depth``: also each matcher's state hash and top levels (see
+    ``admin.StatusRequest``)."""
     path = Path(config.admin_endpoint().removeprefix("ipc://"))
     if not path.exists():
         return None
@@ -35,7 +40,7 @@ def ask(config: Config, timeout: float) -> admin.StatusReply | None:
     sock.linger = 0
     try:
         sock.connect(config.admin_endpoint())
-        sock.send(admin.encoder.encode(admin.StatusRequest(req_id=1)))
+        sock.send(admin.encoder.encode(admin.StatusRequest(1, state_hash, depth)))
         if not sock.poll(int(timeout * 1000)):
             return None
         return admin.reply_decoder.decode(sock.recv())

@@ -642,7 +642,8 @@ class Gateway:
             token = self._admin_ids
             pending = _AdminRequest(conn, request.req_id, now + admin.ANSWER_TIMEOUT_S)
             self._admin_pending[token] = pending
-            query = _encode_link(link.AdminQuery(conn, token))
+            depth = max(0, min(request.depth, _MAX_BOOK_DEPTH))
+            query = _encode_link(link.AdminQuery(conn, token, request.state_hash, depth))
             for route in self.routes.values():
                 if not route.ready:
                     continue
@@ -681,6 +682,7 @@ class Gateway:
                     row, answered=True, matcher_pid=a.pid, seq=a.seq, resting_orders=a.resting_orders,
                     best_bid=a.best_bid, best_ask=a.best_ask, batches=a.batches, commands=a.commands,
                     last_batch=a.last_batch, commit_p50_us=a.commit_p50_us, commit_p99_us=a.commit_p99_us,
+                    state_hash=a.state_hash, bids=a.bids, asks=a.asks,
                 )  # fmt: skip
             rows.append(row)
         reply = admin.StatusReply(pending.req_id, os.getpid(), len(self.sessions), rows)

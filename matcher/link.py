@@ -48,6 +48,10 @@ class AdminQuery(msgspec.Struct, tag=4, **_LINK):
 
     conn: bytes  # the admin connection's routing id
     req_id: int  # the gateway's token for the pending status request
+    # `clob replay --compare-live`: the state hash (a full checkpoint encode: about 70 ms
+    # per 100k orders, so only on request) and the top `depth` levels, all at `seq`.
+    state_hash: bool = False
+    depth: int = 0
 
 
 ToMatcher = CommandBatch | StatusQuery | BookQuery | AdminQuery
@@ -125,6 +129,9 @@ class AdminAnswer(msgspec.Struct, tag=15, **_LINK):
     last_batch: int  # commands in the latest group commit
     commit_p50_us: float  # journal commit latency over the last commits (<= 1024)
     commit_p99_us: float
+    state_hash: str = ""  # only when asked for
+    bids: list[tuple[int, int]] = msgspec.field(default_factory=list)  # (price, qty) units
+    asks: list[tuple[int, int]] = msgspec.field(default_factory=list)
 
 
 ToGateway = OutcomeBatch | StatusAnswer | BookAnswer | MatcherReady | AdminAnswer

@@ -414,6 +414,7 @@ class Matcher:
     def _admin(self, query: AdminQuery) -> AdminAnswer:
         durations = sorted(self.commit_ns)
         engine = self.engine
+        bids, asks = engine.depth(max(0, min(query.depth, MAX_BOOK_DEPTH)))
         return AdminAnswer(
             self.symbol,
             query.conn,
@@ -428,6 +429,9 @@ class Matcher:
             self.last_batch,
             _percentile_us(durations, 0.50),
             _percentile_us(durations, 0.99),
+            engine.state_hash() if query.state_hash else "",
+            bids,
+            asks,
         )
 
     def _status(self, query: StatusQuery) -> StatusAnswer:

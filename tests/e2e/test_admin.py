@@ -116,3 +116,31 @@ def test_status_without_daemon_exits_3(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 3, done.stdout + done.stderr
+
+
+def test_replay_compare_live_matches_the_running_book(daemon: Daemon) -> None:
+    with Client(daemon.endpoint, timeout=10) as alice, Client(daemon.endpoint, timeout=10) as bob:
+        alice.logon("alice")
+        bob.logon("bob")
+        for i in range(30):
+            price = f"{100 + i % 7}.00"
+            assert isinstance(alice.new_order("BTCUSDT", "buy", "2", price, client_order_id=f"b{i}"), p.Ack)
+            assert isinstance(bob.new_order("BTCUSDT", "sell", "1", price, client_order_id=f"s{i}"), p.Ack)
+        assert isinstance(alice.cancel("BTCUSDT", client_order_id="b3"), p.Ack)
+
+    done = clob(daemon, "replay", "BTCUSDT", "--compare-live", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    live = doc["live"]
+    assert live["seq"] == doc["last_seq"] == 61
+    assert live["identical"] and live["state_hash"] == doc["state_hash"]
+    assert live["level_differences"] == []
+    assert live["matcher_pid"] in daemon.child_pids("matcher")
+
+    text = clob(daemon, "replay", "BTCUSDT", "--compare-live")
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "replay is IDENTICAL to the live book" in text.stdout
+    assert f"seq 61, state hash {live['state_hash']}" in text.stdout
+
+    refused = clob(daemon, "replay", "BTCUSDT", "--compare-live", "--to-seq", "5")
+    assert refused.returncode == 2 and "leave --to-seq out" in refused.stderr
