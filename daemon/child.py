@@ -4,9 +4,11 @@ codes with one log line each."""
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from daemon import config as daemon_config
 from daemon import logs
 
 EXIT_CANNOT_START = 1
+SUPERVISOR_PID_ENV = "CLOBD_SUPERVISOR_PID"  # set by the supervisor for the children it starts
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class LockHeld(Exception):
@@ -35,9 +39,27 @@ def exclusive_lock(path: Path) -> int:
     return fd
 
 
+def die_with_parent() -> None:
+    """Have the kernel send us SIGTERM when the process that started us dies.
+
+    A SIGKILLed supervisor cannot stop its children, and orphans would keep the ports and
+    journal locks that the next `clob serve` needs (outside systemd nobody else reaps them).
+    SIGTERM, not SIGKILL: each child's usual clean stop (commit the current batch, final
+    checkpoint) still runs. If the supervisor died before this call, we are already an
+    orphan: the prctl would wait for the wrong parent, so stop now instead.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return  # not Linux, or refused: the supervisor's own stop still covers a clean exit
+    expected = os.environ.get(SUPERVISOR_PID_ENV)
+    if expected is not None and expected != str(os.getppid()):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(logger_name: str, config_path: str | None, run: Callable[[daemon_config.Config], int]) -> int:
     """Load the config, set up logs and `run`; a bad config or a bug is one log line and
     EXIT_CANNOT_START (the supervisor logs the exit and restarts the child)."""
+    die_with_parent()
     logger = logs.get(logger_name)
     try:
         config = daemon_config.load(config_path)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon import logs
+from daemon.child import SUPERVISOR_PID_ENV
 from daemon.config import Config
 from daemon.notify import notify, parse
 
@@ -156,7 +157,7 @@ class Supervisor:
     # --- children ---------------------------------------------------------------------
 
     def _spawn(self, child: Child) -> None:
-        env = {**os.environ, "NOTIFY_SOCKET": str(self._notify_path)}
+        env = {**os.environ, "NOTIFY_SOCKET": str(self._notify_path), SUPERVISOR_PID_ENV: str(os.getpid())}
         env.pop("WATCHDOG_USEC", None)  # the watchdog is the supervisor's, not the children's
         env.pop("WATCHDOG_PID", None)
         child.proc = subprocess.Popen(child.argv, env=env, close_fds=True, start_new_session=False)

@@ -7,6 +7,7 @@ import sys
 
 from daemon import config as cfg
 from daemon import logs
+from daemon.child import die_with_parent
 from gateway.server import run
 
 
@@ -14,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     parser.add_argument("--config", help="TOML configuration file (default: the embedded one)")
     args = parser.parse_args(argv)
+    die_with_parent()
     try:
         config = cfg.load(args.config)
     except cfg.ConfigError as exc:
