@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean install-service
+.PHONY: run test lint bench faults clean install-service
 
 # The engine's compiled modules are rebuilt whenever their sources change.
 $(STAMP): pyproject.toml setup.py engine/book.py engine/engine.py
@@ -36,6 +36,14 @@ bench: $(STAMP)
 	$(PY) bench/engine.py $(BENCH_ARGS)
 	$(PY) bench/e2e.py
 	$(PY) bench/recovery.py
+
+# The long fault campaign: 40 rounds of SIGKILLs under load with its summary table, then
+# every fault test (storage, bad input, slow parties, security). `make test` runs a short
+# version of the campaign. FAULT_ARGS="--rounds 100 --seed N" to go further or rerun one.
+FAULT_ARGS ?= --rounds 40
+faults: $(STAMP)
+	$(PY) -m tests.faults.campaign $(FAULT_ARGS)
+	$(PY) -m pytest tests/faults
 
 clean:
 	rm -rf $(VENV) build *.egg-info *.so engine/*.so
