@@ -24,11 +24,19 @@ ones with defaults and bump `PROTOCOL_VERSION` when the meaning of an existing o
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from engine.messages import Event, OrderType, SelfTradePrevention, Side, TimeInForce
 
 PROTOCOL_VERSION = 1
+
+# Names a client sends (account, symbol, client order ids) are at most this many characters:
+# they are journaled, kept per session and echoed in replies, so their size must be bounded
+# by the protocol, not by `max_message_bytes` (a longer one is `MALFORMED_MESSAGE`).
+MAX_NAME_CHARS = 64
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)]
 
 _MSG = {"tag_field": "type", "forbid_unknown_fields": True, "omit_defaults": False}
 _PART = {"forbid_unknown_fields": True, "omit_defaults": False}  # maps inside messages
@@ -38,14 +46,14 @@ _PART = {"forbid_unknown_fields": True, "omit_defaults": False}  # maps inside m
 
 
 class Logon(msgspec.Struct, tag="logon", **_MSG):
-    account: str
+    account: Name
     req_id: int = 0
     protocol_version: int = PROTOCOL_VERSION
 
 
 class NewOrder(msgspec.Struct, tag="new_order", **_MSG):
-    symbol: str
-    client_order_id: str
+    symbol: Name
+    client_order_id: Name
     side: Side
     qty: int
     price: int = 0  # required for limit orders, ignored for market orders
@@ -66,18 +74,18 @@ class OrderBatch(msgspec.Struct, tag="order_batch", **_MSG):
 class Cancel(msgspec.Struct, tag="cancel", **_MSG):
     """Names the order by `order_id`, or (if 0) by the account's `orig_client_order_id`."""
 
-    symbol: str
+    symbol: Name
     order_id: int = 0
-    orig_client_order_id: str = ""
+    orig_client_order_id: Name = ""
     req_id: int = 0
 
 
 class Amend(msgspec.Struct, tag="amend", **_MSG):
     """New total quantity and/or price; 0 keeps the current value."""
 
-    symbol: str
+    symbol: Name
     order_id: int = 0
-    orig_client_order_id: str = ""
+    orig_client_order_id: Name = ""
     price: int = 0
     qty: int = 0
     req_id: int = 0
@@ -86,19 +94,19 @@ class Amend(msgspec.Struct, tag="amend", **_MSG):
 class MassCancel(msgspec.Struct, tag="mass_cancel", **_MSG):
     """Cancel all of the account's orders on `symbol`, or on every instrument if empty."""
 
-    symbol: str = ""
+    symbol: Name = ""
     req_id: int = 0
 
 
 class OrderStatus(msgspec.Struct, tag="order_status", **_MSG):
-    symbol: str
+    symbol: Name
     order_id: int = 0
-    orig_client_order_id: str = ""
+    orig_client_order_id: Name = ""
     req_id: int = 0
 
 
 class BookQuery(msgspec.Struct, tag="book", **_MSG):
-    symbol: str
+    symbol: Name
     depth: int = 10
     req_id: int = 0
 

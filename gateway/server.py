@@ -95,6 +95,11 @@ _LINGER_MS = 200
 _FANOUT_PREFIX = b"\x00mass-cancel:"
 
 _ADMIN_DRAIN = 64  # admin requests read per loop iteration
+# A reject's text at most (characters). Its other fields are bounded by the protocol
+# (`protocol.MAX_NAME_CHARS`), so no reply to a bad request is ever large: a client that
+# sends big and never reads cannot make the replies queued towards it (up to
+# _CLIENT_SNDHWM of them) cost more than a few MiB.
+_MAX_REJECT_TEXT = 200
 
 _Handler = Callable[[bytes, str, Any], None]
 
@@ -324,7 +329,8 @@ class Gateway:
             return
         try:
             msg = _decode_request(frame)  # type: ignore[arg-type]  # a Frame is a buffer
-        except msgspec.DecodeError as exc:  # ValidationError included
+        except (msgspec.DecodeError, RecursionError) as exc:  # ValidationError included;
+            # RecursionError: msgspec's answer to values nested too deeply (client input, no bug)
             self._reject(conn, RejectReason.MALFORMED_MESSAGE, str(exc), _req_id_of(frame))
             return
         account = self.sessions.account_of.get(conn)
@@ -714,6 +720,8 @@ class Gateway:
     def _reject(self, conn: bytes, code: int, text: str, req_id: int, client_order_id: str = "",
                 symbol: str = "") -> None:
         self.tally.reject(code)
+        if len(text) > _MAX_REJECT_TEXT:  # a decode error can quote the client's own bytes
+            text = text[: _MAX_REJECT_TEXT - 3] + "..."
         self._send(conn, _encode(Reject(code, text, req_id, client_order_id, symbol)))
 
     # --- shutdown ---------------------------------------------------------------------------
@@ -760,7 +768,7 @@ def _req_id_of(frame: zmq.Frame) -> int:
     0 when even that cannot be read (not msgpack, not a map, req_id of the wrong type)."""
     try:
         return _decode_req_id(frame).req_id  # type: ignore[arg-type]  # a Frame is a buffer
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # skipping a deeply nested value recurses
         return 0
 
 
