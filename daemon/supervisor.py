@@ -81,6 +81,9 @@ class Supervisor:
     # --- lifecycle --------------------------------------------------------------------
 
     def run(self) -> int:
+        # What systemd's UMask=0027 gives the unit, also outside it (`make run`, a shell):
+        # journals, checkpoints and sockets are never world-readable. Only ever tightened.
+        os.umask(os.umask(0o027) | 0o027)
         self._prepare()
         try:
             started = time.monotonic()

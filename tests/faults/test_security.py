@@ -258,11 +258,6 @@ def test_the_servers_curve_secret_is_private(secured: tuple[CurveDaemon, Path]) 
     assert stat.S_IMODE((d.keys_dir / "server.key_secret").stat().st_mode) == 0o600
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the supervisor sets no umask and LMDB creates its files 0755 & ~umask: outside "
-    "systemd (UMask=0027) the journals are world-readable; fix in daemon/supervisor.py",
-)
 def test_nothing_the_daemon_writes_is_world_accessible(secured: tuple[CurveDaemon, Path]) -> None:
     d, client_dir = secured
     with curve_client(d, client_dir, "alice") as alice:
