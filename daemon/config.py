@@ -19,6 +19,7 @@ from typing import Literal
 import msgspec
 
 from engine.instrument import Instrument
+from gateway.protocol import MAX_NAME_CHARS
 
 _CFG = {"forbid_unknown_fields": True, "kw_only": True}
 
@@ -194,6 +195,8 @@ def check(config: Config) -> list[str]:
         where = f"instruments[{i}]"
         if inst.symbol in seen:
             out.append(f"{where}.symbol: {inst.symbol!r} appears twice")
+        if len(inst.symbol) > MAX_NAME_CHARS:
+            out.append(f"{where}.symbol: at most {MAX_NAME_CHARS} characters (the protocol's limit)")
         seen.add(inst.symbol)
         try:
             inst.spec()
@@ -203,6 +206,8 @@ def check(config: Config) -> list[str]:
     for i, account in enumerate(config.accounts):
         if not account.name or names.count(account.name) > 1:
             out.append(f"accounts[{i}].name: must be non-empty and unique")
+        if len(account.name) > MAX_NAME_CHARS:
+            out.append(f"accounts[{i}].name: at most {MAX_NAME_CHARS} characters (the protocol's limit)")
     for key in ("bind", "market_data_bind"):
         endpoint = getattr(config.gateway, key)
         if not endpoint.startswith(("tcp://", "ipc://")):
