@@ -52,6 +52,9 @@ class GatewayConfig(msgspec.Struct, **_CFG):
     max_message_bytes: int = 1 << 20
     max_batch_orders: int = 512  # orders in one client OrderBatch
     max_inflight_per_matcher: int = 20_000  # commands sent and not yet answered
+    # Logged-on connections; at the limit a new logon evicts the least recently active one
+    # (clients that vanish without logging out are otherwise never noticed).
+    max_sessions: int = 10_000
     # "auto": CURVE on for any non-loopback bind; "on"/"off" force it.
     curve: Literal["auto", "on", "off"] = "auto"
     curve_keys_dir: str = ""  # server.key_secret here; default <data_dir>/keys
@@ -212,7 +215,7 @@ def check(config: Config) -> list[str]:
         endpoint = getattr(config.gateway, key)
         if not endpoint.startswith(("tcp://", "ipc://")):
             out.append(f"gateway.{key}: {endpoint!r} must be tcp://HOST:PORT or ipc://PATH")
-    for key in ("max_message_bytes", "max_batch_orders", "max_inflight_per_matcher"):
+    for key in ("max_message_bytes", "max_batch_orders", "max_inflight_per_matcher", "max_sessions"):
         if getattr(config.gateway, key) <= 0:
             out.append(f"gateway.{key}: must be positive")
     if config.matcher.max_batch <= 0:

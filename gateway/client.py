@@ -60,6 +60,7 @@ DEFAULT_MARKET_DATA_ENDPOINT = "tcp://127.0.0.1:7002"
 # ZeroMQ's default high-water mark (1000) is below what a pipelining client keeps in
 # flight; past it a ROUTER silently drops replies, so both ends allow far more.
 _HWM = 100_000
+_LOGOUT_LINGER_MS = 100  # how long close() may wait for its logout to leave
 
 # Rejects that refuse a whole mass cancel before it is fanned out to any instrument: no
 # `MassCancelDone` follows them (docs/protocol.md, "mass_cancel").
@@ -362,6 +363,21 @@ class _Core:
     def next_client_order_id(self) -> str:
         return f"{self._coid_prefix}-{next(self._coids)}"
 
+    def _close_socket(self, socket: zmq.Socket[bytes] | zmq.asyncio.Socket, linger: int) -> None:
+        """Log out if logged on (the gateway cannot see a peer leave, so it is told), then close.
+
+        The logout is sent without waiting for its answer (sync send even on an asyncio
+        socket: close() is not a coroutine), and the socket lingers just long enough for it.
+        """
+        if self.account is not None:
+            self.account = None
+            try:
+                zmq.Socket.send(socket, p.encoder.encode(p.Logout()), zmq.NOBLOCK)
+                linger = max(linger, _LOGOUT_LINGER_MS)
+            except zmq.ZMQError:
+                pass  # queue full or socket gone: the gateway's session limit covers it
+        socket.close(linger=linger)
+
     def instrument(self, symbol: str) -> InstrumentInfo:
         try:
             return self.instruments[symbol]
@@ -538,8 +554,8 @@ class Client(_Core):
         self.close()
 
     def close(self, linger: int = 0) -> None:
-        """Close the socket; `linger` ms to flush unsent messages (0: drop them)."""
-        self._socket.close(linger=linger)
+        """Log out and close the socket; `linger` ms to flush other unsent messages (0: drop them)."""
+        self._close_socket(self._socket, linger)
 
     # low level: pipelining
 
@@ -729,7 +745,7 @@ class AsyncClient(_Core):
         self.close()
 
     def close(self, linger: int = 0) -> None:
-        self._socket.close(linger=linger)
+        self._close_socket(self._socket, linger)
 
     async def send(self, request: Request) -> int:
         req_id = self._stamp(request)

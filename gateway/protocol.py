@@ -115,7 +115,16 @@ class Ping(msgspec.Struct, tag="ping", **_MSG):
     req_id: int = 0
 
 
-Request = Logon | NewOrder | OrderBatch | Cancel | Amend | MassCancel | OrderStatus | BookQuery | Ping
+class Logout(msgspec.Struct, tag="logout", **_MSG):
+    """End this connection's session. ZeroMQ never tells the gateway that a peer went away,
+    so a closing client says so (`Client.close()` does); resting orders stay."""
+
+    req_id: int = 0
+
+
+Request = (
+    Logon | NewOrder | OrderBatch | Cancel | Amend | MassCancel | OrderStatus | BookQuery | Ping | Logout
+)
 
 
 # --- gateway -> client ------------------------------------------------------------------
@@ -205,7 +214,15 @@ class Pong(msgspec.Struct, tag="pong", **_MSG):
     req_id: int = 0
 
 
-Reply = LogonAck | Ack | Reject | ExecutionReport | OrderStatusReply | BookReply | MassCancelDone | Pong
+class LogoutAck(msgspec.Struct, tag="logout_ack", **_MSG):
+    account: str
+    req_id: int = 0
+
+
+Reply = (
+    LogonAck | Ack | Reject | ExecutionReport | OrderStatusReply | BookReply | MassCancelDone | Pong
+    | LogoutAck
+)
 
 # --- market data (ZeroMQ PUB/SUB) ----------------------------------------------------------
 

@@ -63,6 +63,8 @@ from gateway.protocol import (
     InstrumentInfo,
     Logon,
     LogonAck,
+    Logout,
+    LogoutAck,
     MassCancel,
     MassCancelDone,
     NewOrder,
@@ -150,13 +152,14 @@ class Gateway:
         self.log = logs.get("gateway")
         self.tally = Tally(self.log)
         self._errors = Throttle()
-        self.sessions = Sessions()
+        self.sessions = Sessions(config.gateway.max_sessions)
         self.admission = Admission(config)
         self.curve = config.curve_enabled()
         # The gateway sequence stamped on every command: a trace stamp, not the journal's
         # sequence. Seeded from the clock so it stays unique across gateway restarts.
         self._seq = itertools.count(time.time_ns() // 1000)
         self.stopping = False
+        self._ticks = itertools.count()  # the sessions' clock: which was active least recently
         self._max_bytes = config.gateway.max_message_bytes
         self._max_batch = config.gateway.max_batch_orders
         self._max_inflight = config.gateway.max_inflight_per_matcher
@@ -180,6 +183,7 @@ class Gateway:
             OrderStatus: self._order_status,
             BookQuery: self._book_query,
             Ping: self._ping,
+            Logout: self._logout,
         }
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._auth: Any = None
@@ -337,6 +341,7 @@ class Gateway:
         kind = type(msg)
         # (CURVE: a client-chosen routing id reused by another key is not that session.)
         if account is not None and kind is not Logon and (not self.curve or frame.get("User-Id") == account):
+            self.sessions.seen[conn] = next(self._ticks)
             self._handlers[kind](conn, account, msg)
         elif kind is Logon:
             self._logon(conn, msg, frame)
@@ -358,10 +363,17 @@ class Gateway:
                          f"account {msg.account!r} may not log on here", msg.req_id)
             return
         fresh = self.sessions.account_of.get(conn) != msg.account
-        self.sessions.bind(conn, msg.account)
+        evicted = self.sessions.bind(conn, msg.account, next(self._ticks))
+        if evicted is not None:
+            self.tally.evicted += 1
         self._send(conn, _encode(LogonAck(msg.account, self._instruments, msg.req_id)))
         if fresh:  # a client repeating its logon is not news
             logs.log(self.log, "logon", account=msg.account, conn=conn.hex(), sessions=len(self.sessions))
+
+    def _logout(self, conn: bytes, account: str, m: Logout) -> None:
+        self.sessions.drop(conn)
+        self._send(conn, _encode(LogoutAck(account, m.req_id)))
+        logs.log(self.log, "logout", account=account, conn=conn.hex(), sessions=len(self.sessions))
 
     def _route(self, conn: bytes, symbol: str, req_id: int, client_order_id: str) -> _Route | None:
         """The matcher for `symbol`, charged one in-flight unit; or None, the client told why."""

@@ -1,9 +1,12 @@
 """Who is logged on where: a connection (ROUTER routing id) has at most one account, and an
 account may be logged on from several connections at once.
 
-ZeroMQ does not tell a ROUTER when a peer goes away, so a session ends when a send to its
-connection finds no such peer (ROUTER_MANDATORY: EHOSTUNREACH) or when the connection logs
-on again, possibly as another account.
+ZeroMQ does not tell a ROUTER when a peer goes away (ROUTER_NOTIFY is a draft API, not in
+the libzmq wheels), so a session ends when the client logs out (`Client.close()` does),
+when a send to its connection finds no such peer (ROUTER_MANDATORY: EHOSTUNREACH), when the
+connection logs on again (possibly as another account), or, with `max_sessions` reached,
+when a new logon evicts the session that was active least recently: clients that vanish
+silently cannot grow the table without bound.
 """
 
 from __future__ import annotations
@@ -12,22 +15,34 @@ from daemon.config import Config
 
 
 class Sessions:
-    __slots__ = ("account_of", "conns_of")
+    __slots__ = ("account_of", "conns_of", "limit", "seen")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         # Plain dicts, read directly on the hot path (one lookup per message).
         self.account_of: dict[bytes, str] = {}
         self.conns_of: dict[str, set[bytes]] = {}
+        # conn -> the gateway's request counter at its latest request (stored by the gateway)
+        self.seen: dict[bytes, int] = {}
+        self.limit = limit
 
-    def bind(self, conn: bytes, account: str) -> None:
+    def bind(self, conn: bytes, account: str, tick: int) -> bytes | None:
+        """Log `conn` on as `account`; returns the connection evicted to make room, if any."""
         self.drop(conn)
+        evicted = None
+        if len(self.account_of) >= self.limit:
+            # O(sessions), but only for a logon at the limit, which is not the order path.
+            evicted = min(self.seen, key=self.seen.__getitem__)
+            self.drop(evicted)
         self.account_of[conn] = account
         self.conns_of.setdefault(account, set()).add(conn)
+        self.seen[conn] = tick
+        return evicted
 
     def drop(self, conn: bytes) -> None:
         account = self.account_of.pop(conn, None)
         if account is None:
             return
+        del self.seen[conn]
         conns = self.conns_of[account]
         conns.discard(conn)
         if not conns:

@@ -14,7 +14,7 @@ from engine.messages import RejectReason
 
 
 class Tally:
-    __slots__ = ("_due", "_interval", "_logger", "drops", "gone", "rejects")
+    __slots__ = ("_due", "_interval", "_logger", "drops", "evicted", "gone", "rejects")
 
     def __init__(self, logger: logging.Logger, interval_s: float = 1.0) -> None:
         self._logger = logger
@@ -23,6 +23,7 @@ class Tally:
         self.rejects: dict[int, int] = {}  # code -> count since the last summary
         self.drops = 0  # replies not sent because the client's queue was full
         self.gone = 0  # replies for connections that no longer exist
+        self.evicted = 0  # sessions dropped for a new logon at gateway.max_sessions
 
     def reject(self, code: int) -> None:
         self.rejects[code] = self.rejects.get(code, 0) + 1
@@ -41,6 +42,10 @@ class Tally:
             logs.log(self._logger, "client_replies_dropped", level=level,
                      queue_full=self.drops, no_such_peer=self.gone)
             self.drops = self.gone = 0
+        if self.evicted:
+            logs.log(self._logger, "sessions_evicted", level=logging.WARNING, count=self.evicted,
+                     reason="gateway.max_sessions reached, least recently active dropped")  # fmt: skip
+            self.evicted = 0
 
 
 class Throttle:
