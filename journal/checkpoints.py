@@ -22,6 +22,7 @@ import lmdb
 import msgspec
 
 from engine.messages import SCHEMA_VERSION, Checkpoint
+from journal.lmdb_files import check_complete, reserve_lock_file
 
 _DB = b"checkpoints"
 FILE_NAME = "checkpoints.lmdb"  # in the data directory, beside journal/
@@ -79,6 +80,14 @@ def decode(raw: bytes | memoryview, symbol: str = "?", seq: int = 0) -> Snapshot
         raise CorruptSnapshot(symbol, seq, f"undecodable: {exc}") from exc
 
 
+def _decode_stored(raw: bytes | memoryview, symbol: str, seq: int) -> Snapshot:
+    """`decode`, and the snapshot must be the one its key names (else a damaged key)."""
+    snapshot = decode(raw, symbol, seq)
+    if (snapshot.symbol, snapshot.seq) != (symbol, seq):
+        raise CorruptSnapshot(symbol, seq, f"stored under its key but says {snapshot.symbol}@{snapshot.seq}")
+    return snapshot
+
+
 def checkpoints_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / FILE_NAME
 
@@ -89,7 +98,9 @@ def _key(symbol: str, seq: int) -> bytes:
 
 def _split(key: bytes | memoryview) -> tuple[str, int]:
     raw = bytes(key)  # the seq's 8 bytes may hold NULs too: split by position
-    return raw[:-9].decode(), int.from_bytes(raw[-8:], "big")
+    # errors="replace": a damaged key names no real symbol (its value fails its checksum and
+    # is skipped), rather than raising out of a listing or a recovery.
+    return raw[:-9].decode(errors="replace"), int.from_bytes(raw[-8:], "big")
 
 
 class CheckpointStore:
@@ -103,15 +114,20 @@ class CheckpointStore:
             raise FileNotFoundError(f"no checkpoint store at {self.path}")
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        reserve_lock_file(self.path)  # a full disk: ENOSPC here, not a SIGBUS inside LMDB
         self._env = lmdb.open(
             str(self.path), subdir=False, readonly=readonly, map_size=map_size, max_dbs=2,
             sync=True, metasync=True, readahead=False,
         )  # fmt: skip
         try:
+            check_complete(self._env, self.path)  # a read past its end would be a SIGBUS
             self._db = self._env.open_db(_DB, create=not readonly)
         except lmdb.NotFoundError:
             self._env.close()
             raise FileNotFoundError(f"{self.path} holds no checkpoints yet") from None
+        except BaseException:
+            self._env.close()
+            raise
 
     def close(self) -> None:
         self._env.close()
@@ -137,7 +153,7 @@ class CheckpointStore:
         are reported to `on_corrupt` and skipped for the next older one."""
         for raw_symbol, seq, raw in self._backwards(symbol, at_most_seq):
             try:
-                return decode(raw, raw_symbol, seq)
+                return _decode_stored(raw, raw_symbol, seq)
             except CorruptSnapshot as exc:
                 if on_corrupt is not None:
                     on_corrupt(exc)
@@ -152,7 +168,7 @@ class CheckpointStore:
                 if symbol is not None and sym != symbol:
                     continue
                 try:
-                    snap = decode(raw, sym, seq)
+                    snap = _decode_stored(raw, sym, seq)
                 except CorruptSnapshot:
                     continue
                 resting = len(snap.state.bids) + len(snap.state.asks)
@@ -165,7 +181,7 @@ class CheckpointStore:
             for key, raw in txn.cursor():
                 sym, seq = _split(key)
                 try:
-                    snap = decode(raw, sym, seq)
+                    snap = _decode_stored(raw, sym, seq)
                 except CorruptSnapshot:
                     continue
                 if snap.snapshot_id == snapshot_id:
@@ -176,12 +192,12 @@ class CheckpointStore:
         # Copies each value out, so no read transaction is held across a yield.
         top = _key(symbol, at_most_seq if at_most_seq is not None else (1 << 64) - 1)
         prefix = symbol.encode() + b"\x00"
-        position: bytes | None = top
-        while position is not None:
+        position, inclusive = top, True
+        while True:
             with self._env.begin(db=self._db) as txn:
                 cursor = txn.cursor()
                 found = cursor.set_range(position)
-                if found and cursor.key() == position:
+                if found and inclusive and cursor.key() == position:
                     pass  # exactly at `position`: take it
                 elif not (cursor.prev() if found else cursor.last()):
                     return
@@ -190,4 +206,6 @@ class CheckpointStore:
                 return
             sym, seq = _split(key)
             yield sym, seq, raw
-            position = _key(symbol, seq - 1) if seq > 0 else None
+            # Step from the stored key itself, not from the seq parsed out of it: a damaged
+            # key must not make the walk skip older checkpoints or go round in circles.
+            position, inclusive = key, False

@@ -32,6 +32,7 @@ from typing import Any, Self
 import lmdb
 
 from engine.messages import Accepted, Amended, Cancelled, Filled, NewOrder, Rejected, Trade
+from journal.lmdb_files import reserve_lock_file
 from journal.record import Record
 from journal.store import Journal
 
@@ -115,6 +116,7 @@ class HistoryIndex:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        reserve_lock_file(self.path)  # a full disk: ENOSPC here, not a SIGBUS inside LMDB
         self._env = lmdb.open(
             str(self.path),
             subdir=False,

@@ -21,6 +21,7 @@ Not thread-safe: use one ``Journal`` from one thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import mmap
 import os
@@ -32,6 +33,7 @@ from typing import Any, Self, TypeVar
 import lmdb
 
 from journal.errors import CorruptRecord, JournalError, JournalFull, JournalWriteError, SequenceGap
+from journal.lmdb_files import check_complete, reserve_lock_file
 from journal.record import KEY_SIZE, Record, decode, encode, key, seq_of
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB: address space only; the file grows with the data
@@ -98,6 +100,7 @@ class Journal:
         self._max_map_size = _page_round(max_map_size)
         self._env = self._open_env(_page_round(map_size))
         try:
+            check_complete(self._env, self.path)  # a truncated file: refused, not a SIGBUS
             self._db = self._open_db()
             self._ids_db = self._open_ids_db()
             if not readonly:
@@ -126,6 +129,7 @@ class Journal:
             raise FileNotFoundError(f"no journal at {self.path}")
         if not self.readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        reserve_lock_file(self.path)  # a full disk: ENOSPC here, not a SIGBUS inside LMDB
         return lmdb.open(
             str(self.path),
             subdir=False,
@@ -228,7 +232,8 @@ class Journal:
                 # Usually nothing was committed; re-reading covers the rare case where LMDB
                 # reports a failure after the meta page already reached the file.
                 self._resync_last_seq()
-                raise JournalWriteError(f"{type(exc).__name__}: {exc}") from exc
+                reason = _space_note(f"{type(exc).__name__}: {exc}", self.path.parent, payloads)
+                raise JournalWriteError(reason) from exc
             # Advanced only here, after a successful commit.
             self._last_seq = first_seq + len(payloads) - 1
             return
@@ -397,6 +402,23 @@ class Journal:
             "map_size": info["map_size"],
             "max_map_size": self._max_map_size,
         }
+
+
+def _space_note(reason: str, directory: Path, payloads: Sequence[bytes]) -> str:
+    """``reason``, plus the free space when the filesystem cannot take the batch.
+
+    A disk that fills in the middle of a page write gives LMDB a short write, which it
+    reports as EIO ("Input/output error"), not ENOSPC: the note says what it really is.
+    """
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return reason
+    free = st.f_bavail * st.f_frsize
+    if free >= sum(map(len, payloads)) + 2 * mmap.PAGESIZE:
+        return reason
+    enospc = os.strerror(errno.ENOSPC)
+    return f"{reason} ({'' if enospc in reason else enospc + ': '}{free} bytes free in {directory})"
 
 
 def _decode_at(seq: int, raw: memoryview | bytes) -> Record:

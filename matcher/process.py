@@ -172,6 +172,8 @@ class Matcher:
         self._bad_frames = _Throttled(self.log, "bad_frame_dropped")
         # (journal seq, engine state equal to the journal at that seq), kept while commits fail.
         self._clean: tuple[int, Checkpoint] | None = None
+        # (monotonic time of the first failed commit, commands refused) while commits fail.
+        self._outage: tuple[float, int] | None = None
         self.stats = {"batches": 0, "commands": 0, "duplicates": 0, "refused": 0, "queries": 0}
         self.last_batch = 0  # commands in the latest group commit
         # Durations (ns) of the latest journal commits: a ring buffer, read only by `clob status`.
@@ -255,6 +257,8 @@ class Matcher:
             if not self._commit(batch):
                 return
             self._clean = None  # the journal moved on: that state is no longer the journal's
+            if self._outage is not None:
+                self._resumed(self._outage)
         self._send(OutcomeBatch(self.symbol, batch.outcomes, []))
         self._publish(batch.records)
         stats = self.stats
@@ -332,6 +336,8 @@ class Matcher:
         ]
         self._send(OutcomeBatch(self.symbol, kept, refusals))
         self.stats["refused"] += len(refusals)
+        since, refused = self._outage or (time.monotonic(), 0)
+        self._outage = (since, refused + len(refusals))
         started = time.perf_counter()
         how = self._roll_back()
         log(
@@ -345,6 +351,13 @@ class Matcher:
             rollback=how,
             rollback_ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    def _resumed(self, outage: tuple[float, int]) -> None:
+        """The first commit after failed ones: say so, so the operator knows it is over."""
+        self._outage = None
+        since, refused = outage
+        log(self.log, "commit_resumed", logging.WARNING, seq=self.journal.last_seq(), refused=refused,
+            outage_s=round(time.monotonic() - since, 1))  # fmt: skip
 
     def _roll_back(self) -> str:
         """Make the engine equal the journal again, after it applied a batch the journal lacks.

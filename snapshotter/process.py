@@ -52,6 +52,11 @@ NICENESS = 10
 MAX_RECORDS_PER_TURN = 5_000
 # On SIGTERM: how long to keep catching up before the final checkpoint.
 FINAL_CATCH_UP_S = 2.0
+# After a checkpoint write fails (full disk, unwritable store), the automatic triggers
+# (record count, interval) wait this long before trying that instrument again: the record
+# trigger would otherwise retry, encoding the whole book, on every turn. A requested
+# checkpoint (SIGUSR1, `clob snapshot take`) and the one at stop are tried at once.
+CHECKPOINT_RETRY_S = 5.0
 
 
 class CannotStart(Exception):
@@ -80,8 +85,8 @@ class Signals:
 class Shadow:
     """One instrument's shadow book and where it stands in the journal."""
 
-    __slots__ = ("broken", "caught_up", "checkpointed_seq", "engine", "journal", "path", "seq", "since",
-                 "spec", "symbol")  # fmt: skip
+    __slots__ = ("broken", "caught_up", "checkpointed_seq", "engine", "journal", "path", "retry_at", "seq",
+                 "since", "spec", "symbol")  # fmt: skip
 
     def __init__(self, spec: Instrument, path: Path) -> None:
         self.spec = spec
@@ -94,6 +99,7 @@ class Shadow:
         self.journal: Journal | None = None
         self.broken: str | None = None  # why this shadow is no longer followed/checkpointed
         self.caught_up = False
+        self.retry_at = 0.0  # monotonic: no automatic checkpoint before this (after a failure)
 
 
 class Snapshotter:
@@ -277,6 +283,8 @@ class Snapshotter:
         """Write `shadow`'s state as a checkpoint if it moved since its last one."""
         if shadow.broken is not None or shadow.seq == shadow.checkpointed_seq:
             return
+        if reason in ("records", "interval") and time.monotonic() < shadow.retry_at:
+            return
         started = time.perf_counter()
         engine = shadow.engine
         state = engine.checkpoint()
@@ -284,9 +292,12 @@ class Snapshotter:
         try:
             self.store.put(snap)
         except lmdb.Error as exc:
+            shadow.retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             log(self.logger, "checkpoint_failed", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq,
-                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                reason=reason, error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=CHECKPOINT_RETRY_S)  # fmt: skip
             return
+        shadow.retry_at = 0.0
         shadow.checkpointed_seq = shadow.seq
         shadow.since = 0
         self.checkpoints += 1
@@ -340,7 +351,7 @@ def run(config: Config) -> int:
         return EXIT_CANNOT_START
     try:
         try:
-            store = CheckpointStore(checkpoints_path(config.data_path))
+            store = _open_store(config, logger)
         except (OSError, lmdb.Error) as exc:
             reason = f"checkpoint store: {type(exc).__name__}: {exc}"
             log(logger, "cannot_start", logging.ERROR, reason=reason)
@@ -366,6 +377,28 @@ def run(config: Config) -> int:
     finally:
         pid_path.unlink(missing_ok=True)
         os.close(lock)
+
+
+# A store LMDB cannot read at all (cut short, not an LMDB file any more, a broken tree);
+# damaged checkpoint *values* are skipped one by one instead (CheckpointStore.newest).
+_DAMAGED_STORE = (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError)
+
+
+def _open_store(config: Config, logger: logging.Logger) -> CheckpointStore:
+    """The checkpoint store; a damaged one is moved aside (kept for inspection) for a new one.
+
+    Checkpoints only save recovery time: refusing to start over one would stop the whole
+    daemon for nothing. The shadows then start empty and replay the journals from seq 1.
+    """
+    path = checkpoints_path(config.data_path)
+    try:
+        return CheckpointStore(path)
+    except _DAMAGED_STORE as exc:
+        aside = path.with_name(f"{path.name}.damaged-{time.time_ns()}")
+        os.replace(path, aside)
+        log(logger, "checkpoint_store_damaged", logging.ERROR, path=str(path), moved_to=str(aside),
+            error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        return CheckpointStore(path)
 
 
 def _open_history(config: Config, logger: logging.Logger) -> history.HistoryIndex | None:
