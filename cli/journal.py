@@ -1,8 +1,11 @@
 """`clob journal ...`: read the per-instrument journals, of a live daemon or of a copied data dir.
 
-Every command opens the journals read-only (``Journal(path, readonly=True)``): LMDB read
-transactions, short ones, never a write transaction, so a running matcher is not disturbed
-(MVCC: a reader never blocks the writer, and no txn is held while printing or sleeping).
+Every command but `archive` opens the journals read-only (``ArchivedJournal``, a read-only
+``Journal`` that also reads the archived segments beside it): LMDB read transactions, short
+ones, never a write transaction, so a running matcher is not disturbed (MVCC: a reader never
+blocks the writer, and no txn is held while printing or sleeping). `archive` moves records a
+checkpoint covers out of LMDB into compressed segments (``journal.archive``); every reading
+command reads through them, so the audit trail looks the same before and after.
 Prices and quantities are shown in decimals, using the instrument's decimals from --config
 (raw integer units if the journal's symbol is not configured).
 """
@@ -50,6 +53,20 @@ from engine.messages import (
 from gateway.client import from_units
 from gateway.protocol import InstrumentInfo
 from journal import CorruptRecord, Journal, JournalError, Record, decode
+from journal.archive import (
+    SEGMENT_RECORDS,
+    ArchivedJournal,
+    ArchiveError,
+    CorruptSegment,
+    archive_dir_for,
+    list_segments,
+    overlap_problems,
+    read_header,
+)
+from journal.archive import archive as archive_records
+from journal.archive import unarchive as unarchive_records
+from journal.checkpoints import CheckpointStore, checkpoints_path
+from journal.history import HistoryError, HistoryIndex, catch_up
 
 R = TypeVar("R")
 
@@ -109,12 +126,17 @@ class Source:
             raise click.BadParameter(str(exc), param_hint="SYMBOL") from exc
 
     def open(self, symbol: str) -> Journal:
-        """The journal of `symbol`, read-only; a missing or unreadable one is a clear error."""
+        """The journal of `symbol`, read-only, reading its archived segments too (an
+        ``ArchivedJournal``); a missing or unreadable one is a clear error."""
+        return self.open_archived(symbol)
+
+    def open_archived(self, symbol: str) -> ArchivedJournal:
+        """`open`, typed for what only an ``ArchivedJournal`` has (segments, LMDB's first)."""
         path = self.path(symbol)
         if not path.is_file():
             raise click.ClickException(f"no journal for {symbol} at {path}")
         try:
-            return Journal(path, readonly=True)
+            return ArchivedJournal(path, readonly=True)
         except (OSError, lmdb.Error, JournalError) as exc:
             raise click.ClickException(f"cannot open {path}: {exc}") from exc
 
@@ -182,7 +204,8 @@ def records(
 ) -> Iterator[tuple[int, Record | CorruptRecord]]:
     """(seq, record) in order; a damaged record is yielded as its `CorruptRecord`, not raised.
 
-    Gaps are not reported here (callers compare seqs); reading simply resumes after one.
+    Gaps are not reported here (callers compare seqs); reading simply resumes after one. A
+    damaged archived segment is yielded once, at its first seq, and reading resumes after it.
     """
     start = from_seq
     while True:
@@ -199,6 +222,9 @@ def records(
                     continue
                 yield seq, record
             return
+        except CorruptSegment as damage:
+            yield damage.seq_hint or start, damage
+            start = damage.resume_seq
         except CorruptRecord as gap:  # read_raw refuses to step over a gap: resume at its far side
             if gap.seq_hint is None or gap.seq_hint < start:
                 raise
@@ -333,10 +359,13 @@ def record_text(symbol: str, record: Record, u: Units) -> str:
 
 @click.group("journal")
 def journal_group() -> None:
-    """Read the journals (read-only; safe on a live daemon's data or on a copy).
+    """Read the journals (read-only; safe on a live daemon's data or on a copy), and archive
+    what checkpoints cover.
 
-    Journals are DATA_DIR/journal/SYMBOL.lmdb; DATA_DIR comes from --config or --data-dir.
-    Without SYMBOL, `stat`, `tail` and `verify` take every journal in that directory.
+    Journals are DATA_DIR/journal/SYMBOL.lmdb, archived records DATA_DIR/journal/SYMBOL.archive/;
+    DATA_DIR comes from --config or --data-dir. Every command reads archived records as if
+    they were still in LMDB. Without SYMBOL, `stat`, `tail`, `verify` and `archive` take
+    every journal in that directory.
     """
 
 
@@ -344,12 +373,13 @@ def journal_group() -> None:
 @click.argument("symbol", required=False)
 @journal_options
 def stat(source: Source, symbol: str | None) -> None:
-    """First/last sequence, records, size on disk and map size of each journal."""
+    """First/last sequence, records, size on disk and map size of each journal (LMDB), and
+    its archived segments."""
     docs = []
     for sym in source.symbols(symbol):
         with source.open(sym) as journal:
             info = journal.stat()
-        docs.append({"symbol": sym, **info, "archived_segments": "none"})
+        docs.append({"symbol": sym, **info, **_archive_doc(source.path(sym))})
     if source.as_json:
         click.echo(output.dumps(docs))
         return
@@ -363,7 +393,7 @@ def stat(source: Source, symbol: str | None) -> None:
             _size(d["file_bytes"]),
             _size(d["used_bytes"]),
             _size(d["map_size"]),
-            "none",
+            _archived_cell(d),
         )
         for d in docs
     ]
@@ -372,6 +402,65 @@ def stat(source: Source, symbol: str | None) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for d in docs:
         click.echo(f"{d['symbol']}: {d['path']}")
+        segments = d["archived_segments"]
+        assert isinstance(segments, list)
+        if segments:
+            click.echo(f"  archive {d['archive_dir']}")
+        for seg in segments:
+            state = "" if seg["ok"] else f"  DAMAGED: {seg['problem']}"
+            click.echo(
+                f"    {seg['file']}  seq {seg['first_seq']}..{seg['last_seq']}"
+                f"  {seg['records']} records  {_size(seg['bytes'])}{state}"
+            )
+
+
+def _archive_doc(journal_file: Path) -> dict[str, object]:
+    """What `stat` shows of a journal's archive: every segment (its header checked, not
+    its body: `verify` does that) and the totals."""
+    directory = archive_dir_for(journal_file)
+    found = list_segments(directory)
+    sizes = [seg.size() for seg in found]
+    segments: list[dict[str, object]] = []
+    for seg, size in zip(found, sizes, strict=True):
+        problem = None
+        try:
+            read_header(seg.path)
+        except CorruptSegment as exc:
+            problem = exc.detail
+        except OSError as exc:
+            problem = str(exc)
+        segments.append(
+            {
+                "file": seg.path.name,
+                "first_seq": seg.first_seq,
+                "last_seq": seg.last_seq,
+                "records": seg.records,
+                "bytes": size,
+                "ok": problem is None,
+                "problem": problem,
+            }
+        )
+    return {
+        "archive_dir": str(directory),
+        "archived_segments": segments,
+        "archived_first_seq": found[0].first_seq if found else 0,
+        "archived_last_seq": found[-1].last_seq if found else 0,
+        "archived_records": sum(seg.records for seg in found),
+        "archived_bytes": sum(sizes),
+    }
+
+
+def _archived_cell(d: dict[str, object]) -> str:
+    segments = d["archived_segments"]
+    assert isinstance(segments, list)
+    if not segments:
+        return "none"
+    damaged = sum(1 for seg in segments if not seg["ok"])
+    text = (
+        f"{len(segments)} segment{'s' if len(segments) != 1 else ''}, seq {d['archived_first_seq']}"
+        f"..{d['archived_last_seq']}, {_size(d['archived_bytes'])}"
+    )
+    return text + (f" ({damaged} DAMAGED)" if damaged else "")
 
 
 def _size(n: object) -> str:
@@ -537,11 +626,17 @@ def _difference(journaled: list[Event], replayed: list[Event], u: Units) -> str:
 
 
 def verify_journal(
-    journal: Journal, symbol: str, spec: Instrument | None, step: Callable[[int], None] = lambda _n: None
+    journal: ArchivedJournal,
+    symbol: str,
+    spec: Instrument | None,
+    step: Callable[[int], None] = lambda _n: None,
 ) -> Verdict:
     """Checksums, contiguous sequences, and re-execution in a fresh Engine against the events.
 
-    Reads up to the last seq committed when it starts (a live journal keeps growing).
+    Archived segments are checked too (header and body checksums, every record's own
+    checksum, contiguity across the segment/LMDB boundary, and records held in both places
+    after an interrupted `archive` must be identical). Reads up to the last seq committed
+    when it starts (a live journal keeps growing).
     Re-execution stops at the first record it cannot apply (corrupt, missing); a determinism
     mismatch does not stop it (the engine's own events are what later records build on).
     """
@@ -555,6 +650,8 @@ def verify_journal(
             f"journal starts at seq {verdict.first_seq}: no archived segments hold the rest",
         )
         engine = None
+    for seq, reason in overlap_problems(journal):
+        verdict.problem(seq, f"archive and journal disagree: {reason}")
     expected = verdict.first_seq
     u = Units(None if spec is None else instrument_info(spec))
     for seq, item in records(journal, 1, verdict.last_seq):
@@ -567,6 +664,8 @@ def verify_journal(
         if isinstance(item, CorruptRecord):
             verdict.problem(seq, f"checksum failure: {item.reason}")
             engine = None
+            if isinstance(item, CorruptSegment):
+                expected = item.resume_seq  # the whole segment is unreadable: one problem
             continue
         if engine is not None:
             events = engine.process(item.command)
@@ -584,13 +683,17 @@ def verify_journal(
 def verify(source: Source, symbol: str | None) -> None:
     """Check every record (checksum, contiguous seqs) and re-execute it (determinism audit).
 
+    Archived segments are checked too: their checksums, seqs contiguous across the archive
+    and LMDB, and any record held in both places identical in both.
+
     A fresh engine processes every journaled command; its events must equal the journaled
     ones. Prints a summary per journal; exits 1 on any problem.
     """
     verdicts = []
     for sym in source.symbols(symbol):
-        with source.open(sym) as journal:
-            total = journal.count()
+        with source.open_archived(sym) as journal:
+            first, last = journal.first_seq(), journal.last_seq()
+            total = last - first + 1 if last else 0
             if total >= PROGRESS_MIN:
                 err = sys.stderr
                 with click.progressbar(length=total, label=f"verifying {sym}", file=err) as bar:
@@ -624,6 +727,187 @@ def _verdict_text(v: Verdict) -> str:
         return f"{head}; OK: checksums, contiguous sequences, re-execution matches\n  {state}"
     seq, reason = v.first_problem
     return f"{head}; FAILED: {v.problems} problem(s); first at seq {seq}: {reason}\n  {state}"
+
+
+# --- archive ----------------------------------------------------------------------------
+
+
+def usable_checkpoint_seqs(
+    store: CheckpointStore, spec: Instrument, at_most_seq: int, wanted: int
+) -> list[int]:
+    """Seqs of the newest `wanted` checkpoints of the instrument at or below `at_most_seq`
+    that recovery could start from (intact, restorable, state hash matching), newest first."""
+    found: list[int] = []
+    bound = at_most_seq
+    while len(found) < wanted and bound >= 0:
+        snap = store.newest(spec.symbol, bound)
+        if snap is None:
+            break
+        engine = Engine(spec)
+        try:
+            engine.restore(snap.state)
+            usable = engine.state_hash() == snap.state_hash
+        except (ValueError, TypeError, AttributeError, KeyError):
+            usable = False
+        if usable:
+            found.append(snap.seq)
+        bound = snap.seq - 1
+    return found
+
+
+@journal_group.command("archive")
+@click.argument("symbol", required=False)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="newest records to leave in LMDB in any case (the newest one always stays).",
+)
+@click.option(
+    "--checkpoints",
+    "wanted",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="archive only what the N newest usable checkpoints all cover (with 2, recovery still"
+    " has a starting point if the newest one is later found damaged).",
+)
+@click.option(
+    "--segment-records",
+    type=click.IntRange(min=1),
+    default=SEGMENT_RECORDS,
+    show_default=True,
+    help="records per segment file at most.",
+)
+@click.option("--dry-run", is_flag=True, help="say what would be archived; change nothing.")
+@journal_options
+def archive_(
+    source: Source, symbol: str | None, keep: int, wanted: int, segment_records: int, dry_run: bool
+) -> None:
+    """Move records that checkpoints cover from LMDB to compressed segment files.
+
+    Only records at or below the seq of the Nth newest usable checkpoint (--checkpoints)
+    move, so a matcher always recovers from a checkpoint and the journal's LMDB alone.
+    Segments go to DATA_DIR/journal/SYMBOL.archive/ (written, fsynced, renamed) before the
+    records leave LMDB; every `clob journal` command and `clob replay` read them as before.
+    Safe while the daemon runs; an interrupted run is finished by the next one. The
+    order-history index is caught up first. LMDB's file does not shrink: its freed pages
+    are reused, so it stops growing. Exits 1 if an instrument could not be archived.
+    """
+    docs = []
+    for sym in source.symbols(symbol):
+        try:
+            doc = _archive_one(source, sym, keep, wanted, segment_records, dry_run)
+        except (ArchiveError, JournalError, HistoryError, OSError, lmdb.Error) as exc:
+            doc = {"symbol": sym, "error": str(exc)}
+        docs.append(doc)
+        if not source.as_json:
+            click.echo(_archive_text(doc))
+    if source.as_json:
+        click.echo(output.dumps(docs))
+    if any("error" in d for d in docs):
+        raise click.exceptions.Exit(EXIT_PROBLEM)
+
+
+def _archive_one(
+    source: Source, symbol: str, keep: int, wanted: int, segment_records: int, dry_run: bool
+) -> dict[str, object]:
+    spec = source.spec(symbol)
+    if spec is None:
+        raise ArchiveError(f"{symbol} is not in the config: its checkpoints cannot be checked")
+    data_dir = source.journal_dir.parent
+    with source.open_archived(symbol) as journal:
+        last, live_first = journal.last_seq(), journal.live_first_seq()
+        segments = journal.segments()
+        archived_last = segments[-1].last_seq if segments else 0
+        if not dry_run:
+            # The index must hold what leaves LMDB: the snapshotter catches it up from LMDB.
+            with HistoryIndex.in_data_dir(data_dir) as index:
+                catch_up(index, journal, symbol)
+    seqs: list[int] = []
+    store_file = checkpoints_path(data_dir)
+    if store_file.exists():
+        try:
+            with CheckpointStore(store_file, readonly=True) as store:
+                seqs = usable_checkpoint_seqs(store, spec, last, wanted)
+        except FileNotFoundError:  # the file holds no checkpoints yet
+            seqs = []
+    covered = seqs[wanted - 1] if len(seqs) >= wanted else 0
+    through = max(0, min(covered, last - max(keep, 1)))
+    doc: dict[str, object] = {
+        "symbol": symbol,
+        "checkpoint_seqs": seqs,
+        "covered_seq": covered,
+        "through_seq": through,
+        "dry_run": dry_run,
+    }
+    start = max(archived_last + 1, live_first)
+    if not covered:
+        doc["note"] = f"fewer than {wanted} usable checkpoint(s) (found {len(seqs)}): nothing to archive"
+    if dry_run:
+        doc["would_archive"] = max(0, through - start + 1)
+        doc["would_finish"] = max(0, min(archived_last, last - 1) - live_first + 1) if live_first else 0
+        return doc
+    if not covered:
+        return doc
+    result = archive_records(source.path(symbol), symbol, through, keep=keep, segment_records=segment_records)
+    with source.open_archived(symbol) as journal:
+        doc["lmdb_first_seq"], doc["lmdb_last_seq"] = journal.live_first_seq(), journal.last_seq()
+    doc.update(
+        archived=result.archived,
+        discarded=result.discarded,
+        segments=[seg.path.name for seg in result.segments],
+        segment_bytes=sum(seg.size() for seg in result.segments),
+    )
+    if result.note:
+        doc["note"] = result.note
+    return doc
+
+
+@journal_group.command("unarchive")
+@click.argument("symbol")
+@journal_options
+def unarchive_(source: Source, symbol: str) -> None:
+    """Put SYMBOL's archived records back into its LMDB journal (segments are kept).
+
+    For when recovery must replay from before the journal's first record: every checkpoint
+    at or above the archived range is lost or damaged, so the matcher refuses to start
+    ("recovery needs a checkpoint at seq >= N"). Afterwards it replays the whole journal.
+    Best with the daemon stopped. The next `archive` moves the records out again.
+    """
+    try:
+        restored = unarchive_records(source.path(symbol))
+    except (ArchiveError, JournalError, OSError, lmdb.Error) as exc:
+        raise click.ClickException(f"{symbol}: NOT unarchived: {exc}") from exc
+    with source.open_archived(symbol) as journal:
+        first, last = journal.live_first_seq(), journal.last_seq()
+    doc = {"symbol": symbol, "restored": restored, "lmdb_first_seq": first, "lmdb_last_seq": last}
+    text = f"{symbol}: put {restored} archived record(s) back into LMDB, which now holds seq {first}..{last}"
+    click.echo(output.dumps(doc) if source.as_json else text)
+
+
+def _archive_text(doc: dict[str, object]) -> str:
+    sym = doc["symbol"]
+    if "error" in doc:
+        return f"{sym}: NOT archived: {doc['error']}"
+    if doc["dry_run"]:
+        text = f"{sym}: would archive {doc['would_archive']} record(s), through seq {doc['through_seq']}"
+        if doc["would_finish"]:
+            text += f", and drop {doc['would_finish']} already archived from LMDB"
+        return text + (f" ({doc['note']})" if "note" in doc else "")
+    if "archived" not in doc or doc["archived"] == doc["discarded"] == 0:
+        return f"{sym}: {doc.get('note', 'nothing to archive')}"
+    segments = doc["segments"]
+    assert isinstance(segments, list)
+    parts = [f"{sym}: archived {doc['archived']} record(s) into {len(segments)} segment(s)"]
+    if segments:
+        parts.append(f" ({_size(doc['segment_bytes'])}), through seq {doc['through_seq']}")
+    parts.append(f"; removed {doc['discarded']} from LMDB, which now holds seq")
+    parts.append(f" {doc['lmdb_first_seq']}..{doc['lmdb_last_seq']}")
+    if "note" in doc:
+        parts.append(f" ({doc['note']})")
+    return "".join(parts)
 
 
 # --- export -----------------------------------------------------------------------------

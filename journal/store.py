@@ -11,8 +11,10 @@ to the journal seq of the ``NewOrder`` that first used it. It is written in the 
 transaction as the records it indexes, so the index and the journal can never disagree, not
 even after a crash: a resend is recognised across restarts (see ``client_id_key``).
 
-One writer per file (the instrument's matcher); any number of read-only readers in other
-processes (MVCC: a reader sees a consistent snapshot and never blocks the writer). Do not
+One writer per file (the instrument's matcher), and now and then the archiver, which only
+deletes from the left edge (``discard_through``; LMDB serializes the two writers); any
+number of read-only readers in other processes (MVCC: a reader sees a consistent snapshot
+and never blocks the writer). Do not
 open the same file twice in one process: LMDB forbids it (py-lmdb raises).
 
 Not thread-safe: use one ``Journal`` from one thread.
@@ -42,6 +44,9 @@ DEFAULT_MAX_MAP_SIZE = 64 << 30
 # open while a slow consumer works would stop LMDB from reusing freed pages and the file
 # would grow; reading in bounded chunks (and never holding a txn across a yield) avoids it.
 READ_CHUNK = 10_000
+# Records deleted per write transaction by ``discard_through`` (the archiver): LMDB has one
+# writer at a time across processes, so this bounds how long a matcher's commit can wait.
+DISCARD_CHUNK = 5_000
 
 _DB_NAME = b"records"
 _IDS_DB_NAME = b"client_ids"
@@ -225,6 +230,11 @@ class Journal:
             except lmdb.MapFullError:
                 self._grow()  # the txn is already aborted; JournalFull at the maximum
                 continue
+            except lmdb.MapResizedError:
+                # Refused at txn begin, nothing written: the archiver (`discard_through` in
+                # another process) grew the map past ours. Adopt its size and go again.
+                self._env.set_mapsize(0)
+                continue
             except _NotAppendable:
                 self._resync_last_seq()
                 raise SequenceGap(self._last_seq + 1, first_seq) from None
@@ -254,6 +264,73 @@ class Journal:
                 # Random key order (no append=True); overwrite=False keeps the first seq.
                 ids = ((k, seq.to_bytes(KEY_SIZE, "big")) for k, seq in client_ids)
                 txn.cursor(db=self._ids_db).putmulti(ids, overwrite=False)
+
+    def discard_through(self, through_seq: int, *, chunk: int = DISCARD_CHUNK) -> int:
+        """Delete the records with seq <= ``through_seq`` from the left edge; how many.
+
+        For the archiver (``journal.archive``), once those records are durable in a segment;
+        nothing else deletes records. Works beside a live writer in another process: LMDB
+        serializes write transactions across processes, and this touches only the left edge
+        while the matcher appends at the right one. ``chunk`` records per synced transaction
+        bound how long the matcher can wait for the write lock. The newest record is never
+        deleted (``ValueError`` if asked): ``last_seq`` of a reopened journal comes from it.
+        ``client_ids`` entries stay: they name seqs, and the archive still holds the record.
+        """
+        deleted = 0
+        while True:
+            try:
+                with self._env.begin(db=self._db, write=True) as txn:
+                    cursor = txn.cursor()
+                    if not cursor.last():
+                        return deleted
+                    newest = seq_of(cursor.key())
+                    if through_seq >= newest:
+                        raise ValueError(f"refusing to discard the newest record (seq {newest})")
+                    n = 0
+                    found = cursor.first()
+                    while found and n < chunk and seq_of(cursor.key()) <= through_seq:
+                        found = cursor.delete()  # moves to the next record
+                        n += 1
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)  # the matcher grew the map: adopt its size, retry
+                continue
+            except lmdb.MapFullError:
+                # Even a delete needs a few fresh pages. First adopt the size the matcher may
+                # have grown to; if that is full too, grow as the matcher would (it adopts the
+                # new size when its next transaction starts).
+                before = self._map_size()
+                self._env.set_mapsize(0)  # 0 = the size the file records now
+                if self._map_size() <= before:
+                    self._grow()
+                continue
+            except lmdb.Error as exc:
+                raise JournalWriteError(f"discard failed: {type(exc).__name__}: {exc}") from exc
+            deleted += n
+            if n < chunk:
+                return deleted
+
+    def prepend_encoded(self, first_seq: int, payloads: Sequence[bytes]) -> None:
+        """Put archived records back in front: ``payloads`` are seqs ``first_seq..`` and must
+        end right before ``first_seq()`` (``SequenceGap`` otherwise); one synced transaction.
+        The inverse of ``discard_through``, for ``journal.archive.unarchive`` only."""
+        if not payloads:
+            return
+        while True:
+            try:
+                with self._env.begin(db=self._db, write=True) as txn:
+                    cursor = txn.cursor()
+                    first = seq_of(cursor.key()) if cursor.first() else 0
+                    if first != first_seq + len(payloads):
+                        raise SequenceGap(first - 1 if first else 1, first_seq + len(payloads) - 1)
+                    keys = map(key, range(first_seq, first_seq + len(payloads)))
+                    cursor.putmulti(zip(keys, payloads, strict=True), overwrite=False)
+                return
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                raise JournalWriteError(f"prepend failed: {type(exc).__name__}: {exc}") from exc
 
     def _grow(self) -> None:
         size = self._map_size()

@@ -46,6 +46,7 @@ from engine.instrument import Instrument
 from engine.messages import Checkpoint, Event, MassCancel, NewOrder, Rejected, RejectReason, Trade
 from gateway.protocol import MarketData, orders_topic, trades_topic
 from journal import Journal, JournalError, Record, encode, journal_path
+from journal.archive import archived_record
 from journal.checkpoints import checkpoints_path
 from journal.store import client_id_key
 from matcher import link
@@ -305,8 +306,13 @@ class Matcher:
 
     def _journaled_outcome(self, seq: int) -> Outcome:
         record = self.journal.get(seq)  # rare: a resend; read the original's events back
+        if record is None:
+            try:  # archived (`clob journal archive`): the segment still holds it
+                record = archived_record(self.journal.path, seq)
+            except (JournalError, OSError) as exc:
+                log(self.log, "archived_record_unreadable", logging.WARNING, seq=seq, error=str(exc))
         if record is None or type(record.command) is not NewOrder:
-            return Outcome(b"", 0, "", "", seq, [])  # archived away: known, but not its events
+            return Outcome(b"", 0, "", "", seq, [])  # gone or unreadable: known, but not its events
         command = record.command
         return Outcome(b"", 0, command.account, command.client_order_id, seq, record.events)
 

@@ -88,7 +88,7 @@ def test_stat(daemon: Daemon) -> None:
     assert set(docs) == {"BTCUSDT", "ETHUSDT"}
     btc = docs["BTCUSDT"]
     assert (btc["first_seq"], btc["last_seq"], btc["records"]) == (1, BTC_RECORDS, BTC_RECORDS)
-    assert btc["archived_segments"] == "none"
+    assert btc["archived_segments"] == []
     assert btc["file_bytes"] == os.stat(daemon.data_dir / "journal" / "BTCUSDT.lmdb").st_size
     assert btc["map_size"] >= btc["used_bytes"] > 0
     assert (docs["ETHUSDT"]["first_seq"], docs["ETHUSDT"]["last_seq"]) == (1, 1)
