@@ -31,8 +31,10 @@ from engine.instrument import Instrument
 from engine.messages import Checkpoint, RestingOrder, Trade
 from gateway import admin
 from gateway.client import DecimalBook, Level
-from journal import JournalError, Record
+from journal import JournalError
 from journal.checkpoints import CheckpointStore, Snapshot, SnapshotInfo, checkpoints_path
+from journal.record import DeterminismAlarm
+from journal.record import replay as replay_record
 from snapshotter.process import PID_FILE
 
 EXIT_PROBLEM = 1
@@ -323,7 +325,7 @@ def replay_range(
             )
         result = Replayed(engine, snapshot, start - 1, 0)
         count = end - start + 1
-        records = journal.read(start, end) if count > 0 else iter(())
+        records = journal.read_raw(start, end) if count > 0 else iter(())
         if count >= PROGRESS_MIN:  # on stderr: stdout stays the result alone
             label = f"replaying {symbol}"
             with click.progressbar(length=count, label=label, file=sys.stderr) as bar:
@@ -335,27 +337,27 @@ def replay_range(
     return result
 
 
-def _run(records: Iterator[Record], result: Replayed, update: Callable[[int], None] | None) -> None:
+def _run(
+    records: Iterator[tuple[int, bytes]], result: Replayed, update: Callable[[int], None] | None
+) -> None:
     process = result.engine.process
     metrics = result.metrics
     try:
-        for record in records:
-            seq = record.seq
+        for seq, raw in records:
             if seq != result.last_seq + 1:
                 raise click.ClickException(f"journal gap: expected seq {result.last_seq + 1}, found {seq}")
-            events = process(record.command)
-            if events != record.events:
-                raise click.ClickException(
-                    f"determinism mismatch at seq {seq}: re-execution gave other events than the journal"
-                    " holds (`clob journal verify` shows the difference)"
-                )
-            for event in events:
+            for event in replay_record(raw, seq, process):  # the checks recovery makes
                 if type(event) is Trade:
                     metrics.add(event)
             result.last_seq = seq
             result.records += 1
             if update is not None:
                 update(1)
+    except DeterminismAlarm as exc:
+        raise click.ClickException(
+            f"determinism mismatch at seq {exc.seq}: re-execution gave other events than the journal"
+            " holds (`clob journal verify` shows the difference)"
+        ) from exc
     except JournalError as exc:
         raise click.ClickException(f"journal: {exc}") from exc
 

@@ -11,7 +11,9 @@ order and an append is always at the right edge of the B-tree.
 
 from __future__ import annotations
 
+import struct
 import zlib
+from collections.abc import Callable
 
 import msgspec
 
@@ -33,9 +35,39 @@ class Record(msgspec.Struct, array_like=True, frozen=True, gc=False):
     version: int = SCHEMA_VERSION
 
 
+class ReplayView(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A stored ``Record`` as replay reads it: the same array layout, but the events left as
+    their msgpack bytes. Decoding events into Structs is the dearest part of reading a
+    record; replay only needs to know that re-execution gives the same ones (``replay``)."""
+
+    seq: int
+    ts: int
+    command: Command
+    events: msgspec.Raw
+    version: int = SCHEMA_VERSION
+
+
+class DeterminismAlarm(Exception):
+    """Replaying a journaled command produced other events than the journal recorded."""
+
+    def __init__(self, seq: int, journaled: object, replayed: object) -> None:
+        super().__init__(f"journal seq {seq}: replay gave {replayed!r}, journal holds {journaled!r}")
+        self.seq = seq
+        self.journaled = journaled
+        self.replayed = replayed
+
+
 # Reused across calls: building an Encoder/Decoder per record would cost more than encoding.
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Record)
+_view_decoder = msgspec.msgpack.Decoder(ReplayView)
+_events_decoder = msgspec.msgpack.Decoder(list[Event])
+# Bound once for `replay`, which runs once per record of a replay.
+_crc32 = zlib.crc32
+_stored_crc = struct.Struct(">I").unpack_from
+_decode_view = _view_decoder.decode
+_encode = _encoder.encode
+_Raw = msgspec.Raw
 
 
 def encode(record: Record) -> bytes:
@@ -61,6 +93,41 @@ def decode(raw: bytes | memoryview, seq_hint: int | None = None) -> Record:
         return _decoder.decode(payload)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
         raise CorruptRecord(seq_hint, f"undecodable payload: {exc}") from exc
+
+
+def replay(raw: bytes | memoryview, seq: int, process: Callable[[Command], list[Event]]) -> list[Event]:
+    """Apply the stored value `raw` of journal seq `seq` with `process` (an engine's) and
+    check it; return the events `process` gave. Meant as the one "apply a record and check
+    its events" of every replay (matcher recovery uses it).
+
+    Checks: the checksum, that it decodes and says `seq` (else ``CorruptRecord``), and that
+    re-executing its command gives exactly the journaled events (else ``DeterminismAlarm``).
+    The events are compared as bytes: those the engine gave, encoded as ``encode`` does
+    (same Structs, same encoder, so equal events encode equal), against the journaled ones
+    as stored, undecoded. Only when the bytes differ are the journaled events decoded and
+    compared as values, so a record encoded otherwise (an older schema whose event had
+    fewer fields, another msgpack writer) is not an alarm unless its events really differ.
+    """
+    if len(raw) <= _CRC_SIZE:
+        raise CorruptRecord(seq, f"truncated: {len(raw)} bytes")
+    payload = raw[_CRC_SIZE:]
+    if _crc32(payload) != _stored_crc(raw)[0]:
+        raise CorruptRecord(seq, "checksum mismatch (corrupted or truncated)")
+    try:
+        view = _decode_view(payload)
+    except msgspec.DecodeError as exc:
+        raise CorruptRecord(seq, f"undecodable payload: {exc}") from exc
+    if view.seq != seq:
+        raise CorruptRecord(seq, f"stored under seq {seq} but says seq {view.seq}")
+    events = process(view.command)
+    if _Raw(_encode(events)) != view.events:
+        try:
+            journaled = _events_decoder.decode(view.events)
+        except msgspec.DecodeError as exc:
+            raise CorruptRecord(seq, f"undecodable events: {exc}") from exc
+        if events != journaled:
+            raise DeterminismAlarm(seq, journaled, events)
+    return events
 
 
 def key(seq: int) -> bytes:

@@ -28,14 +28,9 @@ from engine.engine import Engine
 from engine.instrument import Instrument
 from journal import Journal, JournalError
 from journal.checkpoints import CheckpointStore, CorruptSnapshot, Snapshot
+from journal.record import DeterminismAlarm, replay
 
-
-class DeterminismAlarm(Exception):
-    """Replaying a journaled command produced other events than the journal recorded."""
-
-    def __init__(self, seq: int, journaled: object, replayed: object) -> None:
-        super().__init__(f"journal seq {seq}: replay gave {replayed!r}, journal holds {journaled!r}")
-        self.seq = seq
+__all__ = ["DeterminismAlarm", "Recovered", "open_checkpoints", "rebuild", "restore_checkpoint"]
 
 
 class Recovered:
@@ -124,22 +119,16 @@ def _replay(journal: Journal, engine: Engine, start: int) -> tuple[int, int]:
     """
     process = engine.process  # bound once: this loop runs once per record after the checkpoint
     seq = start - 1
-    records = 0
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for record in journal.read(start):
-            if record.seq != seq + 1:
-                raise JournalError(f"{journal.path}: expected seq {seq + 1}, found seq {record.seq}")
-            events = process(record.command)
-            if events != record.events:
-                raise DeterminismAlarm(record.seq, record.events, events)
-            seq = record.seq
-            records += 1
+        for first, values in journal.read_raw_chunks(start):
+            for seq, raw in enumerate(values, first):
+                replay(raw, seq, process)
     finally:
         if was_enabled:
             gc.enable()
-    return seq, records
+    return seq, seq - start + 1
 
 
 def rebuild(

@@ -260,6 +260,12 @@ def test_verify_reports_an_altered_event_as_a_determinism_mismatch(daemon: Daemo
     first = result.stdout.splitlines()[0]
     assert "first at seq 2: determinism mismatch: event 2: journal has [trade 1    0.9900 @ 100.00" in first
     assert "re-execution gives [trade 1    1.0000 @ 100.00" in first
+    # `clob replay` makes the same check, through the same code as restart recovery.
+    args = ["replay", "BTCUSDT", "--config", str(daemon.config_path), "--data-dir", str(copy)]
+    replayed = CliRunner().invoke(clob, args)
+    assert replayed.exit_code == 1, replayed.output
+    assert "determinism mismatch at seq 2" in replayed.output
+    assert ok(CliRunner().invoke(clob, [*args, "--to-seq", "1"])).count("records replayed  1") == 1
 
 
 # --- a live daemon ----------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The journal record: encoding round trip, checksum, damage detection, keys."""
+"""The journal record: encoding round trip, checksum, damage detection, keys, replay check."""
 
 from __future__ import annotations
 
+import struct
 import typing
 import zlib
+from typing import Any
 
 import msgspec
 import pytest
@@ -18,10 +20,14 @@ from engine.messages import (
     Event,
     NewOrder,
     OrderType,
+    Rejected,
+    RejectReason,
     Side,
     TimeInForce,
 )
 from journal import CorruptRecord, Record, decode, encode, key, seq_of
+from journal import record as record_module
+from journal.record import DeterminismAlarm, replay
 from tests.journal.journal_helpers import TS0, every_command, every_event, sample_record
 
 
@@ -152,3 +158,116 @@ def test_round_trip_arbitrary_new_orders(
     event = Accepted(seq, account, cl_id, side, price, qty, OrderType.LIMIT, TimeInForce.GTC)
     record = Record(seq=seq, ts=ts, command=command, events=[event])
     assert decode(encode(record)) == record
+
+
+# --- replay: apply a stored record and check its events ---------------------------------
+
+
+def _wide(obj: Any) -> bytes:
+    """msgpack as another writer might make it: every int 8 bytes wide, every str and array
+    with a 4-byte length. Decodes to the same values as msgspec's own (shortest) encoding."""
+    if isinstance(obj, bool):
+        return b"\xc3" if obj else b"\xc2"
+    if isinstance(obj, int):
+        return b"\xd3" + struct.pack(">q", obj) if obj < 2**63 else b"\xcf" + struct.pack(">Q", obj)
+    if isinstance(obj, str):
+        data = obj.encode()
+        return b"\xdb" + struct.pack(">I", len(data)) + data
+    if isinstance(obj, list):
+        return b"\xdd" + struct.pack(">I", len(obj)) + b"".join(_wide(item) for item in obj)
+    raise TypeError(type(obj))
+
+
+def old_style(rec: Record, drop_trailing_defaults: bool = True) -> bytes:
+    """`rec` stored as an older writer could have: no `version` field, wide msgpack, and each
+    event without its trailing fields that hold their default (fields appended later)."""
+    events = []
+    for event in rec.events:
+        fields = msgspec.to_builtins(event)
+        if drop_trailing_defaults and isinstance(event, Rejected) and event.order_id == 0:
+            fields = fields[:-1]  # Rejected.order_id came with a later schema
+        events.append(fields)
+    return _with_crc(_wide([rec.seq, rec.ts, msgspec.to_builtins(rec.command), events]))
+
+
+def _replayed(events: list[Event]) -> Any:
+    """A stand-in for `engine.process`: gives fresh copies of `events`, whatever the command."""
+    return lambda _command: [msgspec.structs.replace(e) for e in events]
+
+
+def test_replay_returns_the_events_and_decodes_none_when_the_bytes_match(monkeypatch: Any) -> None:
+    rec = Record(seq=9, ts=TS0, command=every_command()[0], events=every_event())
+
+    class NoDecode:
+        def decode(self, _data: object) -> None:
+            raise AssertionError("the journaled events were decoded on the fast path")
+
+    monkeypatch.setattr(record_module, "_events_decoder", NoDecode())
+    assert replay(encode(rec), 9, _replayed(every_event())) == every_event()
+    assert replay(memoryview(encode(rec)), 9, _replayed(every_event())) == every_event()
+
+
+@pytest.mark.parametrize("where", range(len(every_event())))
+def test_replay_altered_event_with_a_valid_checksum_is_a_determinism_alarm(where: int) -> None:
+    events = every_event()
+    altered = list(events)
+    event = events[where]
+    name, value = next((f, getattr(event, f)) for f in event.__struct_fields__
+                       if type(getattr(event, f)) in (int, str))  # fmt: skip
+    altered[where] = msgspec.structs.replace(event, **{name: value + (1 if type(value) is int else "x")})
+    raw = encode(Record(seq=5, ts=TS0, command=every_command()[0], events=altered))
+    assert decode(raw) is not None  # the checksum is valid: only re-execution can tell
+    with pytest.raises(DeterminismAlarm) as info:
+        replay(raw, 5, _replayed(events))
+    assert info.value.seq == 5
+    assert info.value.journaled == altered and info.value.replayed == events
+
+
+@pytest.mark.parametrize("journaled", [[], every_event()[:-1], [*every_event(), every_event()[0]]])
+def test_replay_missing_or_extra_events_are_a_determinism_alarm(journaled: list[Event]) -> None:
+    raw = encode(Record(seq=5, ts=TS0, command=every_command()[0], events=journaled))
+    with pytest.raises(DeterminismAlarm):
+        replay(raw, 5, _replayed(every_event()))
+
+
+def test_replay_of_an_older_schema_record_is_not_a_false_alarm() -> None:
+    rejected = Rejected("acct", "cl-9", RejectReason.PRICE_OFF_TICK, "off tick")  # order_id 0
+    events = [*every_event(), rejected]
+    for command in every_command(seq=3):
+        rec = Record(seq=3, ts=TS0, command=command, events=events)
+        raw = old_style(rec)
+        assert raw != encode(rec)  # differently encoded, so the byte check alone would differ
+        assert decode(raw) == rec  # ... yet the same record
+        assert replay(raw, 3, _replayed(events)) == events
+
+
+def test_replay_of_a_differently_encoded_but_altered_event_is_still_an_alarm() -> None:
+    events = every_event()
+    altered = [*events[:-1], msgspec.structs.replace(events[-1], qty=events[-1].qty + 1)]
+    raw = old_style(Record(seq=3, ts=TS0, command=every_command()[0], events=altered))
+    with pytest.raises(DeterminismAlarm) as info:
+        replay(raw, 3, _replayed(events))
+    assert info.value.journaled == altered
+
+
+def test_replay_detects_damage_and_a_record_under_another_seq() -> None:
+    raw = encode(Record(seq=4, ts=TS0, command=every_command()[0], events=every_event()))
+    process = _replayed(every_event())
+    for i in range(len(raw)):
+        damaged = bytearray(raw)
+        damaged[i] ^= 0x01
+        with pytest.raises(CorruptRecord):
+            replay(bytes(damaged), 4, process)
+    for length in range(len(raw)):
+        with pytest.raises(CorruptRecord):
+            replay(raw[:length], 4, process)
+    with pytest.raises(CorruptRecord, match="stored under seq 5 but says seq 4"):
+        replay(raw, 5, process)
+
+
+def test_replay_valid_checksum_but_undecodable_events_is_corrupt() -> None:
+    command = msgspec.to_builtins(every_command()[0])
+    with pytest.raises(CorruptRecord, match="undecodable events"):
+        replay(_with_crc(msgspec.msgpack.encode([1, TS0, command, [[99, 1]]])), 1, _replayed([]))
+    with pytest.raises(CorruptRecord, match="undecodable payload"):
+        replay(_with_crc(msgspec.msgpack.encode([1, TS0, [99, 1, TS0, "a"], []])), 1, _replayed([]))
