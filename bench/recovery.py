@@ -1,11 +1,13 @@
 """Recovery and checkpointing: replay rate, restart time, and ack latency while checkpointing.
 
-    python bench/recovery.py [--quick] [--keep]
+    python bench/recovery.py [--quick] [--replay-only] [--keep]
 
 1. Journal replay rate: a seeded journal (adds near the mid, cancels, crossing orders) of
    1,000,000 records whose book ends near 100,000 resting orders, built by running the
    commands through an `Engine` (not timed), then `matcher.recovery.rebuild` over it with no
    checkpoint (the matcher's own recovery code, every record re-executed and checked).
+   Beside it, interleaved in the same run, the replay as it was before (and as `clob journal
+   verify` still reads): every record decoded into Structs, events compared as Structs.
 2. Restart time: full replay, and `rebuild` from a checkpoint 97,000 records before the
    end (restore + tail); also the real `python -m matcher` process, timed to its READY.
 3. Ack latency of the real daemon (`clob serve`, bench/e2e_daemon.py) on that 100,000-order
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import multiprocessing
 import os
 import random
@@ -166,6 +169,23 @@ def timed_rebuild(data_dir: Path, spec: Instrument, store_path: Path | None) -> 
     return took, rec.records, rec.engine.order_count()
 
 
+def timed_struct_replay(data_dir: Path, spec: Instrument) -> float:
+    """Seconds to replay the whole journal decoding every record into Structs (`Journal.read`)
+    and comparing the events as Structs: the replay before `journal.record.replay` compared
+    bytes (a diagnostic, for a before/after in one run on a noisy machine)."""
+    with Journal.open(journal_path(data_dir / "journal", SYMBOL), readonly=True) as journal:
+        process = Engine(spec).process
+        gc.disable()
+        try:
+            started = time.perf_counter()
+            for record in journal.read(1):
+                if process(record.command) != record.events:
+                    raise RuntimeError(f"determinism mismatch at seq {record.seq}")
+            return time.perf_counter() - started
+        finally:
+            gc.enable()
+
+
 def timed_read(data_dir: Path) -> float:
     """Seconds to read and decode the whole journal without replaying it (a diagnostic:
     how much of a full replay is the journal and how much the engine)."""
@@ -312,6 +332,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, a smoke run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    only = "only the in-process rebuilds (steps 1, 2b): no processes, no daemon"
+    parser.add_argument("--replay-only", action="store_true", help=only)
+    parser.add_argument("--repeat", type=int, default=2, help="full replays of each kind, interleaved")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     sz = sizes(args.quick)
@@ -332,9 +355,16 @@ def main() -> int:
               f"{jfile.stat().st_size / 2**20:,.0f} MiB", flush=True)  # fmt: skip
 
         print("step 1/2: rebuild ...", file=sys.stderr, flush=True)
-        full = [timed_rebuild(daemon.data_dir, spec, None) for _ in range(2)]
+        full: list[tuple[float, int, int]] = []
+        struct_runs: list[float] = []
+        for _ in range(max(1, args.repeat)):  # interleaved: the machine's drift hits both alike
+            full.append(timed_rebuild(daemon.data_dir, spec, None))
+            struct_runs.append(timed_struct_replay(daemon.data_dir, spec))
         full_s = min(f[0] for f in full)
         replay_rate = sz.records / full_s
+        struct_s = min(struct_runs)
+        rates = ", ".join(f"{sz.records / f[0] / 1000:.0f}k" for f in full)  # rec/s, in run order
+        struct_rates = ", ".join(f"{sz.records / t / 1000:.0f}k" for t in struct_runs)
         tail = [timed_rebuild(daemon.data_dir, spec, tail_store) for _ in range(3)]
         tail_s = min(t[0] for t in tail)
         for _took, _records, resting in full + tail:
@@ -343,6 +373,30 @@ def main() -> int:
         tail_records = tail[0][1]
         read_s = timed_read(daemon.data_dir)
         restore_s = timed_restore(tail_store, spec)
+        replay_rows = [
+            ("1. full replay, rebuild(journal, spec, None)", f"{full_s:.2f} s"),
+            ("   replay rate (best run)", f"{replay_rate:,.0f} rec/s"),
+            ("   replay rate, each run (rec/s)", rates),
+            ("   decode-all replay rate, each run (before; diagnostic)", struct_rates),
+            ("   decode-all replay rate (best run)", f"{sz.records / struct_s:,.0f} rec/s"),
+            ("   of which journal.read + decode alone (diagnostic)",
+             f"{read_s:.2f} s, {sz.records / read_s:,.0f}/s"),
+        ]  # fmt: skip
+        if args.replay_only:
+            print()
+            print(f"clobd recovery bench, replay only ({sz.records:,} records, book of "
+                  f"{facts['resting']:,} resting orders)")  # fmt: skip
+            for label, value in [
+                *replay_rows,
+                (f"2b. restart, checkpoint + {tail[0][1]:,}-record tail", f"{tail_s:.3f} s"),
+                ("    of which restoring the checkpoint alone (diagnostic)", f"{restore_s:.3f} s"),
+            ]:
+                print(f"{label:58} {value:>20}")
+            print(f"{verdict(replay_rate >= TARGET_REPLAY)}: replay {replay_rate:,.0f} rec/s "
+                  f"(target >= {TARGET_REPLAY:,})")  # fmt: skip
+            for problem in problems:
+                print(f"PROBLEM: {problem}")
+            return 0 if not problems else 1
 
         print("step 2: matcher process restarts ...", file=sys.stderr, flush=True)
         ckpt_file = checkpoints_path(daemon.data_dir)
@@ -404,10 +458,7 @@ def main() -> int:
         print(f"{'measure':58} {'value':>20}")
         print("-" * 79)
         rows = [
-            ("1. full replay, rebuild(journal, spec, None)", f"{full_s:.2f} s"),
-            ("   replay rate", f"{replay_rate:,.0f} rec/s"),
-            ("   of which journal.read + decode alone (diagnostic)",
-             f"{read_s:.2f} s, {sz.records / read_s:,.0f}/s"),
+            *replay_rows,
             (f"2a. restart, full replay ({sz.records:,} records)", f"{full_s:.2f} s"),
             (f"2b. restart, checkpoint + {tail_records:,}-record tail", f"{tail_s:.3f} s"),
             ("    of which restoring the checkpoint alone (diagnostic)", f"{restore_s:.3f} s"),
