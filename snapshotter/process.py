@@ -40,6 +40,7 @@ from daemon.notify import notify
 from engine.engine import Engine
 from engine.instrument import Instrument
 from journal import CorruptRecord, Journal, JournalError, Record, history, journal_path
+from journal.archive import ArchivedJournal
 from journal.checkpoints import CheckpointStore, CorruptSnapshot, checkpoints_path, encode, new_snapshot
 
 EXIT_OK = 0
@@ -189,7 +190,9 @@ class Snapshotter:
         if not shadow.path.exists():
             return False
         try:
-            journal = Journal(shadow.path, readonly=True)
+            # Segments too: a shadow (or the order-history index) rebuilt from scratch after
+            # `clob journal archive` starts below LMDB's first record.
+            journal = ArchivedJournal(shadow.path, readonly=True)
         except (OSError, JournalError, lmdb.Error):
             return False  # created but not initialised yet: next turn
         try:

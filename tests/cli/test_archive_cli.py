@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,20 @@ def test_archive_beside_a_running_daemon_then_resend_and_restart(tmp_path: Path)
             assert (again.seq, again.events) == (3, originals[2].events)
         verified = json.loads(_clob(daemon, "journal", "verify", "BTCUSDT", "--json"))
         assert verified[0]["ok"] and (verified[0]["first_seq"], verified[0]["last_seq"]) == (1, 7)
+        # The order-history index lost: the snapshotter rebuilds it, archived orders included.
+        assert daemon.stop() == 0, daemon.log()
+        for index_file in daemon.data_dir.glob("history-index.lmdb*"):
+            index_file.unlink()
+        daemon.start()
+        assert (daemon.data_dir / "history-index.lmdb").exists()  # the snapshotter's, not the CLI's
+        with Client(daemon.endpoint, timeout=10) as alice:
+            alice.logon("alice")
+            assert isinstance(alice.new_order("BTCUSDT", "buy", "1", "80.00", client_order_id="a7"), p.Ack)
+        deadline, listed = time.monotonic() + 15, []
+        while len(listed) < 8 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            listed = json.loads(_clob(daemon, "orders", "--account", "alice", "--json"))
+        assert sorted(o["client_order_id"] for o in listed) == [f"a{i}" for i in range(8)], listed
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.kill_all()
