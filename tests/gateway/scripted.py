@@ -56,16 +56,20 @@ class ScriptedGateway:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
-        self._socket.close(linger=0)
+        if self._thread.is_alive():  # never term() under a live socket: it would hang for good
+            raise RuntimeError("the scripted gateway's thread did not stop")
         self._ctx.term()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self._socket.poll(20):
-                continue
-            conn, frame = self._socket.recv_multipart()
-            for dest, reply in self.handle(conn, frame):
-                self._socket.send_multipart([dest, p.encoder.encode(reply)])
+        try:
+            while not self._stop.is_set():
+                if not self._socket.poll(20):
+                    continue
+                conn, frame = self._socket.recv_multipart()
+                for dest, reply in self.handle(conn, frame):
+                    self._socket.send_multipart([dest, p.encoder.encode(reply)], zmq.NOBLOCK)
+        finally:
+            self._socket.close(linger=0)  # by the thread that used it: sockets are not thread-safe
 
     def handle(self, conn: bytes, frame: bytes) -> Out:
         try:
@@ -86,6 +90,9 @@ class ScriptedGateway:
             return [
                 (conn, p.Reject(int(m.RejectReason.NOT_LOGGED_ON), "log on first", req_id=request.req_id))
             ]
+        if isinstance(request, p.Logout):
+            del self.accounts[conn]
+            return [(conn, p.LogoutAck(account, req_id=request.req_id))]
         return self._trading(conn, account, request)
 
     def _trading(self, conn: bytes, account: str, request: p.Request) -> Out:
