@@ -39,15 +39,6 @@ MAX_REJECT_BYTES = 2048
 enc = msgspec.msgpack.encode
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("bad_input"))
-    d.start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.kill_all()
-
-
 def gateway_pid(d: Daemon) -> int:
     (pid,) = d.child_pids(GATEWAY)
     return pid

@@ -8,11 +8,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-import pytest
 import zmq
 
 from engine.messages import Accepted, RejectReason
@@ -90,15 +88,6 @@ def assert_in_journal(d: Daemon, acked: dict[str, tuple[str, int]]) -> None:
         assert [r.seq for r in records] == list(range(1, len(records) + 1))
     for coid, (symbol, seq) in acked.items():
         assert by_symbol[symbol][seq - 1].command.client_order_id == coid
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("slow"))
-    d.start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.kill_all()
 
 
 def test_a_client_that_never_reads_does_not_stop_the_others(live: Daemon) -> None:
