@@ -138,10 +138,12 @@ class CheckpointStore:
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
 
-    def put(self, snapshot: Snapshot) -> None:
-        """Durably store one checkpoint (its own synced transaction)."""
+    def put(self, snapshot: Snapshot) -> int:
+        """Durably store one checkpoint (its own synced transaction); its size in bytes."""
+        raw = encode(snapshot)
         with self._env.begin(db=self._db, write=True) as txn:
-            txn.put(_key(snapshot.symbol, snapshot.seq), encode(snapshot))
+            txn.put(_key(snapshot.symbol, snapshot.seq), raw)
+        return len(raw)
 
     def newest(
         self,

@@ -37,11 +37,11 @@ from daemon.child import LockHeld, exclusive_lock
 from daemon.config import Config
 from daemon.logs import log
 from daemon.notify import notify
-from engine.engine import Engine
+from engine.engine import Engine, checkpoint_hash
 from engine.instrument import Instrument
 from journal import CorruptRecord, Journal, JournalError, Record, history, journal_path
 from journal.archive import ArchivedJournal
-from journal.checkpoints import CheckpointStore, CorruptSnapshot, checkpoints_path, encode, new_snapshot
+from journal.checkpoints import CheckpointStore, CorruptSnapshot, checkpoints_path, new_snapshot
 
 EXIT_OK = 0
 EXIT_CANNOT_START = child.EXIT_CANNOT_START
@@ -291,9 +291,9 @@ class Snapshotter:
         started = time.perf_counter()
         engine = shadow.engine
         state = engine.checkpoint()
-        snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), state, engine.state_hash())
+        snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), state, checkpoint_hash(state))
         try:
-            self.store.put(snap)
+            size = self.store.put(snap)
         except lmdb.Error as exc:
             shadow.retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             log(self.logger, "checkpoint_failed", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq,
@@ -306,7 +306,7 @@ class Snapshotter:
         self.checkpoints += 1
         log(self.logger, "checkpoint_written", symbol=shadow.symbol, seq=shadow.seq, reason=reason,
             snapshot_id=snap.snapshot_id, resting_orders=len(state.bids) + len(state.asks),
-            bytes=len(encode(snap)),
+            bytes=size,
             duration_ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
 
     # --- the loop -------------------------------------------------------------------------

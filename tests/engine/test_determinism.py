@@ -10,6 +10,7 @@ import sys
 import msgspec
 
 from engine import Engine, Instrument
+from engine.engine import checkpoint_hash
 from engine.messages import (
     Amend,
     Cancel,
@@ -120,6 +121,8 @@ def test_state_hash_is_pinned_and_independent_of_the_process():
     engine = Engine(SPEC)
     run(engine, commands(2000))
     assert engine.state_hash() == GOLDEN_HASH_2000
+    # The snapshotter hashes the checkpoint it already took: the same digest.
+    assert checkpoint_hash(engine.checkpoint()) == GOLDEN_HASH_2000
     for hash_seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         out = subprocess.run(
