@@ -343,9 +343,9 @@ class Gateway:
         if account is not None and kind is not Logon and (not self.curve or frame.get("User-Id") == account):
             self.sessions.seen[conn] = next(self._ticks)
             self._handlers[kind](conn, account, msg)
-        elif kind is Logon:
+        elif isinstance(msg, Logon):
             self._logon(conn, msg, frame)
-        elif kind is Ping:  # answered before logon too: a liveness check needs no account
+        elif isinstance(msg, Ping):  # answered before logon too: a liveness check needs no account
             self._ping(conn, "", msg)
         else:
             self._reject(conn, RejectReason.NOT_LOGGED_ON, "log on first", msg.req_id)
@@ -517,17 +517,16 @@ class Gateway:
                 self._failed("matcher_message_failed")
 
     def _on_answer(self, msg: link.ToGateway) -> None:
-        kind = type(msg)
-        if kind is link.OutcomeBatch:
-            self._on_outcomes(msg)  # type: ignore[arg-type]
-        elif kind is link.StatusAnswer:
-            self._on_status(msg)  # type: ignore[arg-type]
-        elif kind is link.BookAnswer:
-            self._on_book(msg)  # type: ignore[arg-type]
-        elif kind is link.AdminAnswer:
-            self._on_admin_answer(msg)  # type: ignore[arg-type]
+        if isinstance(msg, link.OutcomeBatch):
+            self._on_outcomes(msg)
+        elif isinstance(msg, link.StatusAnswer):
+            self._on_status(msg)
+        elif isinstance(msg, link.BookAnswer):
+            self._on_book(msg)
+        elif isinstance(msg, link.AdminAnswer):
+            self._on_admin_answer(msg)
         else:
-            self._on_ready(msg)  # type: ignore[arg-type]
+            self._on_ready(msg)
 
     def _on_outcomes(self, batch: link.OutcomeBatch) -> None:
         symbol = batch.symbol

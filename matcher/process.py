@@ -244,7 +244,7 @@ class Matcher:
             except msgspec.DecodeError as exc:  # the gateway is trusted, but never crash
                 self._bad_frames.note(error=str(exc)[:200], size=len(frame))
                 continue
-            if type(message) is CommandBatch:
+            if isinstance(message, CommandBatch):
                 envelopes += message.items
             else:
                 queries.append(message)
