@@ -26,6 +26,7 @@ from typing import Any
 
 import zmq
 
+from daemon.child import end_context
 from engine.messages import Rejected, Side, TimeInForce
 from gateway import protocol as p
 
@@ -252,4 +253,4 @@ def run_client(spec: LoadSpec, ready: Queue[str], go: Event, results: Queue[Load
     finally:
         if session is not None:
             session.close()
-        ctx.term()
+        end_context(ctx, 0, 1.0)

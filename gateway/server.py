@@ -49,6 +49,7 @@ from zmq.backend import Socket as _BaseSocket
 from zmq.utils.monitor import recv_monitor_message
 
 from daemon import logs, notify
+from daemon.child import end_context
 from daemon.config import Config
 from engine import messages as E
 from engine.messages import RejectReason, Trade
@@ -91,6 +92,7 @@ _MD_HWM = 10_000  # market-data messages queued per subscriber (then dropped)
 _MAX_BOOK_DEPTH = 1000
 _STOP_FLUSH_S = 1.0  # on SIGTERM: how long to keep relaying answers to what was sent
 _LINGER_MS = 200
+_CONTEXT_END_S = 2.0  # the lingers, and a margin: see daemon.child.end_context
 # Mass-cancel fan-outs travel with a made-up `conn` so their answers can be told apart.
 # ROUTER-generated routing ids are 5 bytes starting with 0 and client-set ones never start
 # with 0, so a 0-led id of another length can never be a real connection.
@@ -755,7 +757,8 @@ class Gateway:
             self._md_thread.join(timeout=1.0)
         if self._auth is not None:
             self._auth.stop()
-        self.ctx.destroy(linger=_LINGER_MS)
+        if not end_context(self.ctx, _LINGER_MS, _CONTEXT_END_S):
+            logs.log(self.log, "context_end_timeout", logging.WARNING, waited_s=_CONTEXT_END_S)
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import msgspec
 import zmq
 
 from daemon import child, logs
-from daemon.child import LockHeld, exclusive_lock
+from daemon.child import LockHeld, end_context, exclusive_lock
 from daemon.config import Config
 from daemon.logs import log
 from daemon.notify import notify
@@ -75,6 +75,7 @@ MARKET_DATA_HWM = 200_000
 # How long closing waits for queued replies / market data to leave (shutdown bound).
 REPLY_LINGER_MS = 2000
 MARKET_DATA_LINGER_MS = 500
+_CONTEXT_END_S = REPLY_LINGER_MS / 1000 + 1.0  # the longest linger, and a margin
 WARN_INTERVAL_S = 5.0
 # MatcherReady is repeated this often while idle, so a gateway that restarts (and so lost
 # track of which matchers serve) learns it again within a second.
@@ -197,9 +198,9 @@ class Matcher:
         self.pub.connect(self.config.market_data_endpoint())
 
     def close(self) -> None:
-        for sock in (self.pull, self.push, self.pub):
-            sock.close()
-        self.ctx.term()  # waits at most the lingers above for queued replies
+        # Each socket keeps its own linger: queued replies get up to REPLY_LINGER_MS to leave.
+        if not end_context(self.ctx, None, _CONTEXT_END_S):
+            log(self.log, "context_end_timeout", logging.WARNING, waited_s=_CONTEXT_END_S)
 
     def announce(self) -> None:
         seq = self.journal.last_seq()

@@ -24,6 +24,7 @@ from typing import Any
 
 import zmq
 
+from daemon.child import end_context
 from daemon.config import Config
 from engine import messages as E
 from gateway import protocol as P
@@ -52,7 +53,7 @@ def fake_matcher(config: Config, symbol: str, stop: Any) -> None:
             event = E.Accepted(seq, c.account, c.client_order_id, c.side, c.price, c.qty, c.order_type, c.tif)
             outcomes.append(link.Outcome(env.conn, env.req_id, c.account, c.client_order_id, seq, [event]))
         push.send(encode(link.OutcomeBatch(symbol, outcomes, [])))
-    ctx.destroy(linger=0)
+    end_context(ctx, 0, 1.0)
 
 
 def messages(n_orders: int, batch: int) -> list[bytes]:
@@ -94,7 +95,7 @@ def drive(endpoint: str, payloads: list[bytes], per_message: int, window: int) -
             pass
     elapsed = time.perf_counter() - start
     assert P.reply_decoder.decode(reply).__class__ is P.Ack
-    ctx.destroy(linger=0)
+    end_context(ctx, 0, 1.0)
     return elapsed
 
 

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 import zmq
 
+from daemon.child import end_context
 from engine.messages import RejectReason
 from gateway import protocol as P
 from matcher import link
@@ -66,7 +67,7 @@ class Rig:
 def ctx() -> Iterator[zmq.Context[Any]]:
     context: zmq.Context[Any] = zmq.Context()
     yield context
-    context.destroy(linger=0)
+    end_context(context, 0, 1.0)
 
 
 @pytest.fixture(scope="module")

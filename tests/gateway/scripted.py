@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import zmq
 
+from daemon.child import end_context
 from engine import Engine, Instrument
 from engine import messages as m
 from gateway import protocol as p
@@ -58,7 +59,7 @@ class ScriptedGateway:
         self._thread.join(5)
         if self._thread.is_alive():  # never term() under a live socket: it would hang for good
             raise RuntimeError("the scripted gateway's thread did not stop")
-        self._ctx.term()
+        end_context(self._ctx, 0, 1.0)  # bounded: a stuck term is libzmq's, see there
 
     def _run(self) -> None:
         try:

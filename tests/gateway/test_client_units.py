@@ -20,6 +20,7 @@ import pytest
 import zmq
 import zmq.auth
 
+from daemon.child import end_context
 from daemon.config import GatewayConfig
 from engine.messages import (
     Accepted,
@@ -55,7 +56,7 @@ def router() -> Iterator[tuple[zmq.Socket[bytes], str]]:
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     yield sock, f"tcp://127.0.0.1:{port}"
     sock.close(linger=0)
-    ctx.term()
+    end_context(ctx, 0, 1.0)
 
 
 def offline_client() -> c.Client:
@@ -580,7 +581,7 @@ def test_subscriber_filters_exact_topics_and_detects_gaps() -> None:
         ]
         assert updates[0].topic == "dev.clob.trades.v1.BTC"
     pub.close(linger=0)
-    ctx.term()
+    end_context(ctx, 0, 1.0)
 
 
 # --- the example client in docs/protocol.md ----------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import zmq
 
+from daemon.child import end_context
 from daemon.config import Config, load
 from engine.engine import Engine
 from engine.messages import Accepted, Command, NewOrder, Side
@@ -177,7 +178,7 @@ class FakeGateway:
 
     def close(self) -> None:
         self.proxy.stop()
-        self.ctx.destroy(linger=0)
+        end_context(self.ctx, 0, 1.0)
 
     def connect(self) -> None:
         """A fresh PUSH per matcher run: a dead peer's queued frames are not ours to resend."""
