@@ -519,9 +519,13 @@ def _new_socket(
     endpoint: str,
     server_key: Key | None,
     keypair: tuple[Key, Key] | None,
+    timeout: float,
 ) -> zmq.Socket[bytes]:
     socket = context.socket(zmq.DEALER)
     socket.sndhwm = socket.rcvhwm = _HWM
+    # A full send queue, or no connection at all (a refused CURVE key), fails the send
+    # after `timeout` instead of blocking it for good.
+    socket.sndtimeo = int(timeout * 1000)
     _secure(socket, server_key, keypair)
     socket.connect(endpoint)
     return socket
@@ -544,8 +548,7 @@ class Client(_Core):
     ) -> None:
         super().__init__(endpoint, timeout)
         ctx = context or zmq.Context.instance()
-        self._socket = _new_socket(ctx, endpoint, curve_server_key, curve_keypair)
-        self._socket.sndtimeo = int(timeout * 1000)  # a full send queue fails instead of hanging
+        self._socket = _new_socket(ctx, endpoint, curve_server_key, curve_keypair, timeout)
 
     def __enter__(self) -> Client:
         return self
@@ -736,7 +739,8 @@ class AsyncClient(_Core):
     ) -> None:
         super().__init__(endpoint, timeout)
         ctx = context or zmq.asyncio.Context.instance()
-        self._socket: zmq.asyncio.Socket = _new_socket(ctx, endpoint, curve_server_key, curve_keypair)  # type: ignore[arg-type,assignment]
+        socket = _new_socket(ctx, endpoint, curve_server_key, curve_keypair, timeout)  # type: ignore[arg-type]
+        self._socket: zmq.asyncio.Socket = socket  # type: ignore[assignment]
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -749,7 +753,10 @@ class AsyncClient(_Core):
 
     async def send(self, request: Request) -> int:
         req_id = self._stamp(request)
-        await self._socket.send(p.encoder.encode(request))
+        try:
+            await self._socket.send(p.encoder.encode(request))
+        except zmq.Again:
+            raise self._timeout(f"send queue full, req_id={req_id}", None) from None
         return req_id
 
     send_nowait = send

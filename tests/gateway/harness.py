@@ -172,6 +172,9 @@ class Client:
     def __init__(self, ctx: zmq.Context[Any], endpoint: str, **sockopts: Any) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.linger = 0
+        # A DEALER with no live connection blocks in send for good (a refused CURVE key):
+        # a test must fail with zmq.Again instead of hanging the suite.
+        self.sock.sndtimeo = TIMEOUT_MS
         for name, value in sockopts.items():
             setattr(self.sock, name, value)
         self.sock.connect(endpoint)

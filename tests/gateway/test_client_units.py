@@ -536,6 +536,34 @@ def test_async_client_timeout() -> None:
     asyncio.run(scenario())
 
 
+def test_a_send_that_cannot_be_queued_times_out_in_both_clients() -> None:
+    # Nothing listens there: requests queue up to the high-water mark, then a send must
+    # fail with TimeoutError after `timeout` rather than block for good.
+    nowhere = "tcp://127.0.0.1:9"
+
+    def fill(send: Callable[[], object]) -> str:
+        for _ in range(300_000):  # bounded: far above the client's high-water mark
+            try:
+                send()
+            except TimeoutError as exc:
+                return str(exc)
+        raise AssertionError("every send was queued")
+
+    with c.Client(nowhere, timeout=0.05) as client:
+        assert "send queue full" in fill(lambda: client.send_nowait(p.Ping()))
+
+    async def scenario() -> str:
+        async with c.AsyncClient(nowhere, timeout=0.05) as client:
+            for _ in range(300_000):
+                try:
+                    await client.send_nowait(p.Ping())
+                except TimeoutError as exc:
+                    return str(exc)
+        raise AssertionError("every send was queued")
+
+    assert "send queue full" in asyncio.run(scenario())
+
+
 # --- market data --------------------------------------------------------------------------
 
 
