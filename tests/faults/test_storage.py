@@ -197,10 +197,11 @@ def test_tiny_map_refuses_with_journal_full_then_a_larger_map_trades_again(tmp_p
             assert_storage_rejects(rejects, "journal full")
             line = wait_log(daemon, "event=commit_failed")
             assert "error_type=JournalFull" in line and "proc=matcher.BTCUSDT" in line
-            # Still full: refused again, and the matcher did not restart.
-            again = ledger.send(c, "BTCUSDT", CHUNK, "m")
-            assert_storage_rejects([r for r in again if isinstance(r, p.Reject)], "journal full")
-            assert any(isinstance(r, p.Reject) for r in again)
+            # Still full: refused again, and the matcher did not restart. (A few more small
+            # commits may fit first: pages an old read transaction pinned are freed once the
+            # snapshotter's reader moves on.)
+            again = ledger.fill_until_refused(c, "BTCUSDT", "m", limit=20)
+            assert_storage_rejects(again, "journal full")
         still_trades(daemon, ledger, "ETHUSDT", "e")
         assert pids(daemon) == before
         ledger.check(daemon)
