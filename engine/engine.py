@@ -22,7 +22,7 @@ package is installed (see setup.py); the source stays importable and tested as i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import msgspec
@@ -516,10 +516,19 @@ class Engine:
     # --- state ------------------------------------------------------------------------
 
     def checkpoint(self) -> Checkpoint:
+        return msgspec.structs.replace(
+            self.checkpoint_counters(),
+            bids=list(self.resting_orders(BUY)),
+            asks=list(self.resting_orders(Side.SELL)),
+        )
+
+    def checkpoint_counters(self) -> Checkpoint:
+        """`checkpoint()` without its orders (`bids` and `asks` empty): for a caller that
+        takes the orders from `resting_orders` itself, a few at a time."""
         return Checkpoint(
             symbol=self.instrument.symbol,
-            bids=_resting_orders(self.bids),
-            asks=_resting_orders(self.asks),
+            bids=[],
+            asks=[],
             next_order_id=self.next_order_id,
             next_trade_id=self.next_trade_id,
             last_trade_price=self.last_trade_price,
@@ -552,6 +561,13 @@ class Engine:
         self.last_trade_price = checkpoint.last_trade_price
         self.last_seq = checkpoint.last_seq
         self.last_ts = checkpoint.last_ts
+
+    def resting_orders(self, side: Side) -> Iterator[RestingOrder]:
+        """`side`'s resting orders as `checkpoint()` lists them, one at a time: a caller that
+        must not hold a CPU for a whole book (the snapshotter) takes them in small steps."""
+        for level in (self.bids if side is BUY else self.asks).levels_best_first():
+            for order in level.orders():
+                yield _resting(order)
 
     def state_hash(self) -> str:
         """`checkpoint_hash(self.checkpoint())`."""
@@ -628,10 +644,6 @@ def _resting(order: Order) -> RestingOrder:
         order.post_only,
         order.ts,
     )
-
-
-def _resting_orders(side: BookSide) -> list[RestingOrder]:
-    return [_resting(o) for level in side.levels_best_first() for o in level.orders()]
 
 
 def _top(side: BookSide, n: int) -> list[tuple[int, int]]:

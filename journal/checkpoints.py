@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 import lmdb
 import msgspec
@@ -61,8 +61,12 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
-def new_snapshot(symbol: str, seq: int, taken_at: int, state: Checkpoint, state_hash: str) -> Snapshot:
-    return Snapshot(str(uuid.uuid4()), symbol, seq, taken_at, state_hash, state)
+def new_snapshot(
+    symbol: str, seq: int, taken_at: int, state: Checkpoint | msgspec.Raw, state_hash: str
+) -> Snapshot:
+    """A new snapshot of `state`: a Checkpoint, or one already encoded (`stepwise_checkpoint`),
+    which is stored as it is — msgspec writes a Raw verbatim — and decodes as a Checkpoint."""
+    return Snapshot(str(uuid.uuid4()), symbol, seq, taken_at, state_hash, cast(Checkpoint, state))
 
 
 def encode(snapshot: Snapshot) -> bytes:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lmdb
+import msgspec
 
 from engine import Engine, Instrument
 from engine.messages import NewOrder, Side
-from journal.checkpoints import CheckpointStore, CorruptSnapshot, new_snapshot
+from engine.stepwise_checkpoint import encode_steps, run_to_end
+from journal.checkpoints import CheckpointStore, CorruptSnapshot, encode, new_snapshot
 
 
 def _snapshot(symbol: str, seq: int, orders: int):
@@ -54,3 +56,18 @@ def test_a_damaged_checkpoint_is_skipped_for_the_next_older(tmp_path: Path) -> N
     restored = Engine(Instrument("BTC"))
     restored.restore(newest.state)
     assert restored.state_hash() == newest.state_hash
+
+
+def test_a_state_encoded_in_steps_is_stored_as_the_same_checkpoint(tmp_path: Path) -> None:
+    engine = Engine(Instrument("BTC"))
+    for i in range(40):
+        side, price = (Side.BUY, 100 - i) if i % 2 else (Side.SELL, 200 + i)
+        engine.process(NewOrder(i + 1, i, "a", f"c{i}", side, 1 + i, price))
+    encoded = run_to_end(encode_steps(engine, 3))
+    stepwise = new_snapshot("BTC", 40, 0, msgspec.Raw(encoded.state), encoded.state_hash)
+    one_shot = msgspec.structs.replace(stepwise, state=engine.checkpoint())
+    assert encode(stepwise) == encode(one_shot)
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        store.put(stepwise)
+        stored = store.newest("BTC")
+    assert stored == one_shot and stored.state.bids and stored.state.asks
