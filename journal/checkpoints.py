@@ -3,7 +3,8 @@
 One LMDB file, `<data_dir>/checkpoints.lmdb`, written by the snapshotter alone and read by
 matchers (recovery), the CLI and replays. Key = symbol, NUL, 8-byte big-endian journal seq,
 so one instrument's checkpoints sit together in sequence order and "the newest at or before
-seq N" is one cursor step. Value = CRC32 + msgpack `Snapshot`, like journal records: a
+seq N" is one cursor step. Value = CRC32 + msgpack `Snapshot`, like journal records (a long
+one stored in parts, see `PART_BYTES`): a
 checkpoint is only an accelerator, so a damaged one is skipped (for an older one, or for a
 full replay) — never trusted.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self, cast
@@ -25,6 +26,13 @@ from engine.messages import SCHEMA_VERSION, Checkpoint
 from journal.lmdb_files import check_complete, reserve_lock_file
 
 _DB = b"checkpoints"
+# A stored value longer than PART_BYTES continues in `_PARTS_DB` under its key + 4-byte
+# part number (1, 2, ...), each part committed and synced on its own before the first one
+# goes into `_DB`: one synced transaction of a whole big book (5.8 MiB for 133,000 orders)
+# would make every matcher's journal fsync queue behind it. The value is the same either
+# way (CRC32 + msgpack `Snapshot`), and a checkpoint exists once its first part does.
+_PARTS_DB = b"checkpoint_parts"
+PART_BYTES = 1 << 18
 FILE_NAME = "checkpoints.lmdb"  # in the data directory, beside journal/
 _CRC = 4
 
@@ -100,6 +108,10 @@ def _key(symbol: str, seq: int) -> bytes:
     return symbol.encode() + b"\x00" + seq.to_bytes(8, "big")
 
 
+def _part_key(key: bytes, number: int) -> bytes:
+    return key + number.to_bytes(4, "big")
+
+
 def _split(key: bytes | memoryview) -> tuple[str, int]:
     raw = bytes(key)  # the seq's 8 bytes may hold NULs too: split by position
     # errors="replace": a damaged key names no real symbol (its value fails its checksum and
@@ -120,12 +132,13 @@ class CheckpointStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         reserve_lock_file(self.path)  # a full disk: ENOSPC here, not a SIGBUS inside LMDB
         self._env = lmdb.open(
-            str(self.path), subdir=False, readonly=readonly, map_size=map_size, max_dbs=2,
+            str(self.path), subdir=False, readonly=readonly, map_size=map_size, max_dbs=3,
             sync=True, metasync=True, readahead=False,
         )  # fmt: skip
         try:
             check_complete(self._env, self.path)  # a read past its end would be a SIGBUS
             self._db = self._env.open_db(_DB, create=not readonly)
+            self._parts = self._open_parts(readonly)
         except lmdb.NotFoundError:
             self._env.close()
             raise FileNotFoundError(f"{self.path} holds no checkpoints yet") from None
@@ -142,12 +155,64 @@ class CheckpointStore:
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
 
+    def _open_parts(self, readonly: bool) -> lmdb._Database | None:
+        try:
+            return self._env.open_db(_PARTS_DB, create=not readonly)
+        except lmdb.NotFoundError:
+            return None  # a store written before parts existed: every value is whole
+
     def put(self, snapshot: Snapshot) -> int:
-        """Durably store one checkpoint (its own synced transaction); its size in bytes."""
-        raw = encode(snapshot)
-        with self._env.begin(db=self._db, write=True) as txn:
-            txn.put(_key(snapshot.symbol, snapshot.seq), raw)
+        """Durably store one checkpoint; its size in bytes."""
+        steps = self.put_steps(snapshot)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                size: int = done.value
+                return size
+
+    def put_steps(self, snapshot: Snapshot) -> Generator[None, None, int]:
+        """`put`, yielding after each synced part, so that the caller can pause between them.
+
+        The first transaction removes what a checkpoint at the same key left (one written
+        before, or one cut short by a crash); the last publishes the first part.
+        """
+        raw = memoryview(encode(snapshot))
+        key = _key(snapshot.symbol, snapshot.seq)
+        pieces = [raw[start : start + PART_BYTES] for start in range(0, len(raw), PART_BYTES)]
+        writes = [(self._parts, _part_key(key, n), piece) for n, piece in enumerate(pieces) if n]
+        writes.append((self._db, key, pieces[0]))
+        for n, (db, write_key, piece) in enumerate(writes):
+            with self._env.begin(write=True) as txn:
+                if n == 0:
+                    self._remove(txn, key)
+                txn.put(write_key, piece, db=db)
+            if n + 1 < len(writes):
+                yield
         return len(raw)
+
+    def _remove(self, txn: lmdb.Transaction, key: bytes) -> None:
+        txn.delete(key, db=self._db)
+        for part_key in self._part_keys(txn, key):
+            txn.delete(part_key, db=self._parts)
+
+    def _part_keys(self, txn: lmdb.Transaction, key: bytes) -> list[bytes]:
+        if self._parts is None:
+            return []
+        cursor = txn.cursor(db=self._parts)
+        found: list[bytes] = []
+        if cursor.set_range(_part_key(key, 1)):
+            for stored in cursor.iternext(values=False):
+                part_key = bytes(stored)
+                if len(part_key) != len(key) + 4 or not part_key.startswith(key):
+                    break
+                found.append(part_key)
+        return found
+
+    def _whole(self, txn: lmdb.Transaction, key: bytes, first: bytes | memoryview) -> bytes:
+        """The stored value under `key`: its first part and the ones that continue it."""
+        rest = [txn.get(part_key, db=self._parts) for part_key in self._part_keys(txn, key)]
+        return b"".join([bytes(first), *(bytes(part) for part in rest if part is not None)])
 
     def newest(
         self,
@@ -169,10 +234,11 @@ class CheckpointStore:
         """Every checkpoint (of `symbol`, or all), oldest first; damaged ones are left out."""
         out: list[SnapshotInfo] = []
         with self._env.begin(db=self._db, buffers=True) as txn:
-            for key, raw in txn.cursor():
+            for key, first in txn.cursor():
                 sym, seq = _split(key)
                 if symbol is not None and sym != symbol:
                     continue
+                raw = self._whole(txn, bytes(key), first)
                 try:
                     snap = _decode_stored(raw, sym, seq)
                 except CorruptSnapshot:
@@ -184,10 +250,10 @@ class CheckpointStore:
 
     def by_id(self, snapshot_id: str) -> Snapshot | None:
         with self._env.begin(db=self._db, buffers=True) as txn:
-            for key, raw in txn.cursor():
+            for key, first in txn.cursor():
                 sym, seq = _split(key)
                 try:
-                    snap = _decode_stored(raw, sym, seq)
+                    snap = _decode_stored(self._whole(txn, bytes(key), first), sym, seq)
                 except CorruptSnapshot:
                     continue
                 if snap.snapshot_id == snapshot_id:
@@ -207,7 +273,8 @@ class CheckpointStore:
                     pass  # exactly at `position`: take it
                 elif not (cursor.prev() if found else cursor.last()):
                     return
-                key, raw = cursor.key(), cursor.value()
+                key = cursor.key()
+                raw = self._whole(txn, key, cursor.value())
             if not key.startswith(prefix):
                 return
             sym, seq = _split(key)

@@ -30,6 +30,7 @@ import time
 from collections.abc import Generator
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import lmdb
 import msgspec
@@ -41,7 +42,7 @@ from daemon.logs import log
 from daemon.notify import notify
 from engine.engine import Engine
 from engine.instrument import Instrument
-from engine.stepwise_checkpoint import EncodedState, encode_steps
+from engine.stepwise_checkpoint import encode_steps
 from journal import CorruptRecord, Journal, JournalError, Record, history, journal_path
 from journal.archive import ArchivedJournal
 from journal.checkpoints import CheckpointStore, CorruptSnapshot, checkpoints_path, new_snapshot
@@ -65,6 +66,8 @@ FINAL_CATCH_UP_S = 2.0
 # trigger would otherwise retry, encoding the whole book, on every turn. A requested
 # checkpoint (SIGUSR1, `clob snapshot take`) and the one at stop are tried at once.
 CHECKPOINT_RETRY_S = 5.0
+
+T = TypeVar("T")
 
 
 class CannotStart(Exception):
@@ -300,7 +303,7 @@ class Snapshotter:
         state = msgspec.Raw(encoded.state)
         snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), state, encoded.state_hash)
         try:
-            size = self.store.put(snap)
+            size = _paced(self.store.put_steps(snap))
         except lmdb.Error as exc:
             shadow.retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             log(self.logger, "checkpoint_failed", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq,
@@ -389,19 +392,20 @@ def run(config: Config) -> int:
         os.close(lock)
 
 
-def _paced(steps: Generator[None, None, EncodedState]) -> EncodedState:
+def _paced(steps: Generator[None, None, T]) -> T:
     """Run `steps` to the end, sleeping PAUSE_S after every SLICE_S of work.
 
     A sleep, not a lower priority, is what keeps a checkpoint off the order path: while we
     sleep our CPU is idle, so a matcher or gateway thread that woke up runs at once instead
-    of waiting for the scheduler to preempt us (see engine/stepwise_checkpoint.py).
+    of waiting for the scheduler to preempt us (see engine/stepwise_checkpoint.py); and
+    between two synced parts of the store write, the matchers' own fsyncs get the disk.
     """
     slice_ends = time.perf_counter() + SLICE_S
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            result: EncodedState = done.value
+            result: T = done.value
             return result
         if time.perf_counter() >= slice_ends:
             time.sleep(PAUSE_S)

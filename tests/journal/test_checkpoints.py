@@ -6,11 +6,12 @@ from pathlib import Path
 
 import lmdb
 import msgspec
+import pytest
 
 from engine import Engine, Instrument
 from engine.messages import NewOrder, Side
 from engine.stepwise_checkpoint import encode_steps, run_to_end
-from journal.checkpoints import CheckpointStore, CorruptSnapshot, encode, new_snapshot
+from journal.checkpoints import PART_BYTES, CheckpointStore, CorruptSnapshot, encode, new_snapshot
 
 
 def _snapshot(symbol: str, seq: int, orders: int):
@@ -71,3 +72,35 @@ def test_a_state_encoded_in_steps_is_stored_as_the_same_checkpoint(tmp_path: Pat
         store.put(stepwise)
         stored = store.newest("BTC")
     assert stored == one_shot and stored.state.bids and stored.state.asks
+
+
+def test_a_big_checkpoint_is_stored_in_synced_parts_and_read_back_whole(tmp_path: Path) -> None:
+    big = _snapshot("BTC", 30, 40_000)
+    raw = encode(big)
+    parts = -(-len(raw) // PART_BYTES)
+    assert parts >= 3  # else this test would not cross a part boundary
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        store.put(_snapshot("BTC", 10, 3))
+        steps = store.put_steps(big)
+        for _ in range(parts - 1):  # a pause after every part but the last
+            next(steps)
+            assert store.newest("BTC").seq == 10  # not there until its first part is
+        with pytest.raises(StopIteration) as done:
+            next(steps)
+        assert done.value.value == len(raw)
+        assert store.newest("BTC") == big and store.by_id(big.snapshot_id) == big
+        assert [i.size_bytes for i in store.infos("BTC")][-1] == len(raw)
+        # Written again at the same key (a retried checkpoint), shorter: no stale parts.
+        small = msgspec.structs.replace(_snapshot("BTC", 30, 2), snapshot_id=big.snapshot_id)
+        store.put(small)
+        assert store.newest("BTC") == small
+
+
+def test_a_checkpoint_cut_short_between_parts_is_not_there(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.lmdb"
+    with CheckpointStore(path) as store:
+        store.put(_snapshot("BTC", 10, 3))
+        steps = store.put_steps(_snapshot("BTC", 20, 40_000))
+        next(steps)  # one part synced, then the "crash"
+    with CheckpointStore(path, readonly=True) as store:
+        assert store.newest("BTC").seq == 10 and [i.seq for i in store.infos("BTC")] == [10]
