@@ -177,9 +177,18 @@ class CheckpointStore:
         The first transaction removes what a checkpoint at the same key left (one written
         before, or one cut short by a crash); the last publishes the first part.
         """
-        raw = memoryview(encode(snapshot))
+        payload = memoryview(_encoder.encode(snapshot))
+        yield
+        crc = 0
+        for start in range(0, len(payload), PART_BYTES):
+            crc = zlib.crc32(payload[start : start + PART_BYTES], crc)
+            yield
+        # The stored value is CRC + payload, cut every PART_BYTES: without copying the payload.
+        first = crc.to_bytes(_CRC, "big") + payload[: PART_BYTES - _CRC]
+        rest = payload[PART_BYTES - _CRC :]
+        pieces: list[bytes | memoryview] = [first]
+        pieces += (rest[start : start + PART_BYTES] for start in range(0, len(rest), PART_BYTES))
         key = _key(snapshot.symbol, snapshot.seq)
-        pieces = [raw[start : start + PART_BYTES] for start in range(0, len(raw), PART_BYTES)]
         writes = [(self._parts, _part_key(key, n), piece) for n, piece in enumerate(pieces) if n]
         writes.append((self._db, key, pieces[0]))
         for n, (db, write_key, piece) in enumerate(writes):
@@ -189,7 +198,7 @@ class CheckpointStore:
                 txn.put(write_key, piece, db=db)
             if n + 1 < len(writes):
                 yield
-        return len(raw)
+        return _CRC + len(payload)
 
     def _remove(self, txn: lmdb.Transaction, key: bytes) -> None:
         txn.delete(key, db=self._db)

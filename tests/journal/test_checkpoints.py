@@ -6,7 +6,6 @@ from pathlib import Path
 
 import lmdb
 import msgspec
-import pytest
 
 from engine import Engine, Instrument
 from engine.messages import NewOrder, Side
@@ -82,12 +81,16 @@ def test_a_big_checkpoint_is_stored_in_synced_parts_and_read_back_whole(tmp_path
     with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
         store.put(_snapshot("BTC", 10, 3))
         steps = store.put_steps(big)
-        for _ in range(parts - 1):  # a pause after every part but the last
-            next(steps)
+        pauses = 0
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                assert done.value == len(raw)
+                break
+            pauses += 1
             assert store.newest("BTC").seq == 10  # not there until its first part is
-        with pytest.raises(StopIteration) as done:
-            next(steps)
-        assert done.value.value == len(raw)
+        assert pauses >= parts - 1  # at least between every two parts
         assert store.newest("BTC") == big and store.by_id(big.snapshot_id) == big
         assert [i.size_bytes for i in store.infos("BTC")][-1] == len(raw)
         # Written again at the same key (a retried checkpoint), shorter: no stale parts.
