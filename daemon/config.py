@@ -77,6 +77,10 @@ class SnapshotterConfig(msgspec.Struct, **_CFG):
     checkpoint_interval_s: float = 300.0  # a checkpoint of every instrument that moved
     checkpoint_every_records: int = 100_000  # ... or of one after this many records; 0 = off
     poll_interval_s: float = 0.05  # how often the journals are read for new records
+    # Checkpoints kept per instrument, newest first; older ones are deleted after each write
+    # (a 100,000-order book takes ~6 MiB a checkpoint). 0 = keep all; else at least 2, so
+    # that a damaged newest one still leaves one to recover from.
+    keep_checkpoints: int = 48
 
 
 class Config(msgspec.Struct, **_CFG):
@@ -226,6 +230,8 @@ def check(config: Config) -> list[str]:
         out.append("snapshotter.checkpoint_interval_s: must be positive")
     if config.snapshotter.checkpoint_every_records < 0:
         out.append("snapshotter.checkpoint_every_records: must be 0 (off) or positive")
+    if config.snapshotter.keep_checkpoints < 0 or config.snapshotter.keep_checkpoints == 1:
+        out.append("snapshotter.keep_checkpoints: must be 0 (keep all) or at least 2")
     if not 0 < config.snapshotter.poll_interval_s <= 10:
         out.append("snapshotter.poll_interval_s: must be positive and at most 10")
     if config.curve_enabled():

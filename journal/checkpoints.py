@@ -200,6 +200,24 @@ class CheckpointStore:
                 yield
         return _CRC + len(payload)
 
+    def prune(self, symbol: str, keep: int) -> int:
+        """Delete all but `symbol`'s newest `keep` checkpoints (parts too) in one synced
+        transaction; how many were deleted."""
+        prefix = symbol.encode() + b"\x00"
+        with self._env.begin(db=self._db, write=True) as txn:
+            keys: list[bytes] = []
+            cursor = txn.cursor()
+            if cursor.set_range(prefix):
+                for key in cursor.iternext(values=False):
+                    if not key.startswith(prefix):
+                        break
+                    if len(key) == len(prefix) + 8:  # else a damaged key: not ours to count
+                        keys.append(key)
+            old = keys[: max(0, len(keys) - keep)]
+            for key in old:
+                self._remove(txn, key)
+        return len(old)
+
     def _remove(self, txn: lmdb.Transaction, key: bytes) -> None:
         txn.delete(key, db=self._db)
         for part_key in self._part_keys(txn, key):

@@ -318,6 +318,21 @@ class Snapshotter:
             snapshot_id=snap.snapshot_id, resting_orders=encoded.resting_orders,
             bytes=size,
             duration_ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
+        self._prune(shadow.symbol)
+
+    def _prune(self, symbol: str) -> None:
+        keep = self.config.snapshotter.keep_checkpoints
+        if not keep:
+            return
+        try:
+            deleted = self.store.prune(symbol, keep)
+        except lmdb.Error as exc:
+            # The new checkpoint is stored; the old ones wait for the next write.
+            log(self.logger, "checkpoint_prune_failed", logging.WARNING, symbol=symbol,
+                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return
+        if deleted:
+            log(self.logger, "checkpoints_pruned", symbol=symbol, deleted=deleted, kept=keep)
 
     # --- the loop -------------------------------------------------------------------------
 

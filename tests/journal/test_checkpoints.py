@@ -107,3 +107,22 @@ def test_a_checkpoint_cut_short_between_parts_is_not_there(tmp_path: Path) -> No
         next(steps)  # one part synced, then the "crash"
     with CheckpointStore(path, readonly=True) as store:
         assert store.newest("BTC").seq == 10 and [i.seq for i in store.infos("BTC")] == [10]
+
+
+def test_prune_keeps_the_newest_of_one_symbol_and_their_parts_only(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.lmdb"
+    with CheckpointStore(path) as store:
+        for seq in (10, 20, 30, 40):
+            store.put(_snapshot("BTC", seq, 20_000 if seq == 20 else 2))  # seq 20 has parts
+        store.put(_snapshot("BTCUSDT", 5, 2))  # a symbol that starts like the other
+        assert len(encode(_snapshot("BTC", 20, 20_000))) > PART_BYTES  # so it has a part
+        assert store.prune("BTC", 2) == 2
+        assert [i.seq for i in store.infos("BTC")] == [30, 40]
+        assert [i.seq for i in store.infos("BTCUSDT")] == [5]
+        assert store.prune("BTC", 2) == 0 and store.prune("XRP", 2) == 0
+    env = lmdb.open(str(path), subdir=False, max_dbs=3, readonly=True)
+    try:
+        with env.begin(db=env.open_db(b"checkpoint_parts")) as txn:
+            assert txn.stat(env.open_db(b"checkpoint_parts"))["entries"] == 0  # seq 20's went too
+    finally:
+        env.close()

@@ -24,6 +24,7 @@ def test_defaults(tmp_path: Path) -> None:
         100_000,
         0.05,
     )
+    assert snap.keep_checkpoints == 48
     assert config.load(None, environ={}).snapshotter == snap
 
 
@@ -39,6 +40,8 @@ def test_values(tmp_path: Path) -> None:
     [
         ("checkpoint_interval_s = 0", "snapshotter.checkpoint_interval_s"),
         ("checkpoint_every_records = -1", "snapshotter.checkpoint_every_records"),
+        ("keep_checkpoints = -1", "snapshotter.keep_checkpoints"),
+        ("keep_checkpoints = 1", "snapshotter.keep_checkpoints"),
         ("poll_interval_s = 0", "snapshotter.poll_interval_s"),
         ("poll_interval_s = 60", "snapshotter.poll_interval_s"),
         ('checkpoint_every_records = "many"', "snapshotter.checkpoint_every_records"),

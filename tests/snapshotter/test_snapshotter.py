@@ -207,7 +207,7 @@ def alter_events(path: Path, from_seq: int) -> int:
 class Standalone:
     """`python -m snapshotter --config FILE` without a supervisor (no NOTIFY_SOCKET)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, snapshotter_toml: str = "") -> None:
         self.data_dir = workdir / "data"
         self.config = workdir / "clobd.toml"
         self.config.write_text(f"""
@@ -217,6 +217,7 @@ run_dir = "{workdir / "run"}"
 
 [snapshotter]
 checkpoint_every_records = 50
+{snapshotter_toml}
 
 [[instruments]]
 symbol = "BTCUSDT"
@@ -307,3 +308,27 @@ def test_restarts_from_its_checkpoint_and_follows_a_growing_journal(standalone: 
             standalone.proc.kill()
     final = max(snapshots(standalone.data_dir, "ETHUSDT"), key=lambda s: s.seq)
     assert final.seq == 200 and final.state_hash == replayed_hash(path, ETH, 200)
+
+
+def test_keeps_the_newest_checkpoints_and_deletes_older_ones(tmp_path: Path) -> None:
+    standalone = Standalone(tmp_path, "keep_checkpoints = 2")
+    path = journal_path(standalone.data_dir / "journal", "ETHUSDT")
+    full = tmp_path / "full.lmdb"
+    write_journal(full, ETH, 300, seed=5)
+    standalone.start()
+    try:
+        with Journal(full, readonly=True) as src:
+            for first, last in ((1, 60), (61, 120), (121, 180), (181, 240), (241, 300)):
+                with Journal(path) as dst:
+                    dst.append(list(src.read(first, last)))
+
+                def checkpointed(seq: int = last) -> bool:
+                    return any(s.seq == seq for s in snapshots(standalone.data_dir, "ETHUSDT"))
+
+                wait_until(f"a checkpoint at {last}", checkpointed, 10, standalone.log)
+        assert [s.seq for s in snapshots(standalone.data_dir, "ETHUSDT")] == [240, 300]
+        assert "event=checkpoints_pruned symbol=ETHUSDT deleted=1 kept=2" in standalone.log()
+        assert standalone.stop() == 0
+    finally:
+        if standalone.proc is not None and standalone.proc.poll() is None:
+            standalone.proc.kill()
