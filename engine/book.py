@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from engine.messages import SelfTradePrevention, Side
+
+# C statics: compiled code looks an imported name up in the module's dict at every use.
+_insort: Final = insort
+_bisect_left: Final = bisect_left
 
 # An engine order id, held as a Python int object. Compiled code stores an `int` field
 # unboxed and allocates a new int object (any value above 256) each time it hands one to
@@ -149,7 +153,7 @@ class BookSide:
                 keys.append(key)
                 self.best = level
             else:
-                insort(keys, key)
+                _insort(keys, key)
         return level
 
     def drop(self, level: Level) -> None:
@@ -163,7 +167,7 @@ class BookSide:
             else:
                 self.best = None
         else:
-            del keys[bisect_left(keys, level.price if self.is_bid else -level.price)]
+            del keys[_bisect_left(keys, level.price if self.is_bid else -level.price)]
 
     def levels_best_first(self) -> Iterator[Level]:
         levels = self.levels
