@@ -26,6 +26,10 @@ _bisect_left: Final = bisect_left
 OrderId = Any
 
 
+# `Order.by_client` of an order that has never rested: no index at all.
+_NO_INDEX: Final[dict[str, Any]] = {}
+
+
 class Order:
     """A resting (or currently matching) order. Mutable; in at most one level's queue."""
 
@@ -43,6 +47,7 @@ class Order:
         "level",
         "prev",
         "next",
+        "by_client",
     )
 
     def __init__(
@@ -72,6 +77,9 @@ class Order:
         self.level: Level | None = None
         self.prev: Order | None = None  # neighbours in the level's queue
         self.next: Order | None = None
+        # Its account's client-order-id index (`Engine.accounts`), so that leaving the
+        # book costs no lookup of the account.
+        self.by_client: dict[str, Order] = _NO_INDEX
 
 
 class Level:

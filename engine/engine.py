@@ -88,6 +88,10 @@ _OrderType: Final = OrderType
 _TimeInForce: Final = TimeInForce
 _SelfTradePrevention: Final = SelfTradePrevention
 
+# Finished orders kept for reuse (see `Engine.spare`): enough to absorb a burst of fills
+# and cancels, few enough (about 0.6 MiB) not to hold memory after one.
+_SPARE_ORDERS: Final = 4096
+
 _Kind = tuple[Side, OrderType, TimeInForce, SelfTradePrevention]
 
 
@@ -143,7 +147,12 @@ class Engine:
     bids: BookSide
     asks: BookSide
     orders: dict[OrderId, Order]
-    accounts: dict[str, dict[str, Order]]  # account -> client_order_id -> resting order
+    # Finished orders, linked by `next`, refilled for new ones: making and freeing a
+    # 160-byte tracked object per order (allocator, GC lists, a decref per field) cost
+    # more than refilling a warm one.
+    spare: Order | None
+    spare_count: int
+    accounts: dict[str, dict[str, Order]]  # account -> client_order_id -> resting order (kept)
     next_order_id: int
     next_trade_id: int
     last_trade_price: int
@@ -167,6 +176,8 @@ class Engine:
         self.asks = BookSide(False)
         self.orders = {}
         self.accounts = {}
+        self.spare = None
+        self.spare_count = 0
         self.next_order_id = 1
         self.next_trade_id = 1
         self.last_trade_price = 0
@@ -213,7 +224,8 @@ class Engine:
             return [_kind_rejected(account, coid, side, order_type, tif, stp)]
         if market and tif is GTC:
             tif = IOC  # a market order never rests
-        rejected = self._order_rejected(account, coid, qty, price, market)
+        mine = self.accounts.get(account)
+        rejected = self._order_rejected(mine, account, coid, qty, price, market)
         if rejected is not None:
             return [rejected]
         if market:
@@ -223,17 +235,18 @@ class Engine:
         next_id = self.next_order_id
         self.next_order_id = next_id + 1
         order_id: OrderId = next_id  # boxed here, once (see OrderId)
-        order = Order(order_id, account, coid, side, price, qty, qty, stp, post_only, ts)
+        order = self._make_order(order_id, account, coid, side, price, qty, stp, post_only, ts)
         events: list[Event] = [_Accepted(order_id, account, coid, side, price, qty, order_type, tif)]
         if tif is FOK and not self._fillable(order):
             events.append(_Cancelled(order_id, account, coid, qty, CANCEL_FOK))
-            return events
-        self._execute(order, events)
-        if order.remaining:
-            if tif is GTC:
-                self._rest(order)
-            else:
+        else:
+            self._execute(order, events)
+            if order.remaining and tif is GTC:
+                self._rest(order, self._account_index(account) if mine is None else mine)
+                return events
+            if order.remaining:
                 events.append(_Cancelled(order_id, account, coid, order.remaining, CANCEL_IOC))
+        self._recycle(order)
         return events
 
     def _cancel(self, fields: _CancelFields) -> list[Event]:
@@ -329,6 +342,7 @@ class Engine:
                 level.remove(maker)
                 self._forget(maker)
                 events.append(_Filled(maker.order_id, maker.account, maker.client_order_id, maker.qty))
+                self._recycle(maker)
                 if not level.live:
                     side.drop(level)
             if not taker.remaining:
@@ -400,20 +414,69 @@ class Engine:
 
     # --- resting orders ---------------------------------------------------------------
 
-    def _rest(self, order: Order) -> None:
+    def _rest(self, order: Order, by_client: dict[str, Order]) -> None:
+        """Put `order` at the back of its level; `by_client` is its account's index."""
         (self.bids if order.side is BUY else self.asks).level_for(order.price).append(order)
         self.orders[order.order_id] = order
-        by_client = self.accounts.get(order.account)
+        by_client[order.client_order_id] = order
+        order.by_client = by_client
+
+    def _account_index(self, account: str) -> dict[str, Order]:
+        """`account`'s client-order-id index, made on its first resting order.
+
+        An index is kept when it empties (accounts are few: the gateway admits configured
+        ones only), so one fetched before matching is still the live one after it.
+        """
+        by_client = self.accounts.get(account)
         if by_client is None:
             by_client = {}
-            self.accounts[order.account] = by_client
-        by_client[order.client_order_id] = order
+            self.accounts[account] = by_client
+        return by_client
 
     def _cancel_resting(self, order: Order, reason: CancelReason, events: list[Event]) -> None:
         events.append(
             _Cancelled(order.order_id, order.account, order.client_order_id, order.remaining, reason)
         )
         self._unlink(order)
+        self._recycle(order)
+
+    def _make_order(
+        self,
+        order_id: OrderId,
+        account: str,
+        coid: str,
+        side: Side,
+        price: int,
+        qty: int,
+        stp: SelfTradePrevention,
+        post_only: bool,
+        ts: int,
+    ) -> Order:
+        """An order with these fields, not yet resting: a spare one refilled, or a new one."""
+        order = self.spare
+        if order is None:
+            return Order(order_id, account, coid, side, price, qty, qty, stp, post_only, ts)
+        self.spare = order.next
+        self.spare_count -= 1
+        order.next = None
+        order.order_id = order_id
+        order.account = account
+        order.client_order_id = coid
+        order.side = side
+        order.price = price
+        order.qty = qty
+        order.remaining = qty
+        order.stp = stp
+        order.post_only = post_only
+        order.ts = ts
+        return order
+
+    def _recycle(self, order: Order) -> None:
+        """Keep `order`, which is finished and referenced from nowhere else, for reuse."""
+        if self.spare_count < _SPARE_ORDERS:
+            order.next = self.spare
+            self.spare = order
+            self.spare_count += 1
 
     def _unlink(self, order: Order) -> None:
         level = _level_of(order)
@@ -424,10 +487,7 @@ class Engine:
 
     def _forget(self, order: Order) -> None:
         del self.orders[order.order_id]
-        by_client = self.accounts[order.account]
-        del by_client[order.client_order_id]
-        if not by_client:
-            del self.accounts[order.account]
+        del order.by_client[order.client_order_id]
 
     def _reduce(self, order: Order, delta: int) -> Amended:
         order.qty -= delta
@@ -446,22 +506,25 @@ class Engine:
         events: list[Event] = [_amended(order, False)]
         self._execute(order, events)
         if order.remaining:
-            self._rest(order)
+            self._rest(order, order.by_client)
+        else:
+            self._recycle(order)
         return events
 
     # --- validation -------------------------------------------------------------------
 
-    def _order_rejected(self, account: str, coid: str, qty: int, price: int, market: bool) -> Rejected | None:
-        """Everything about a new order but its kind, which `_KINDS` already checked."""
+    def _order_rejected(
+        self, mine: dict[str, Order] | None, account: str, coid: str, qty: int, price: int, market: bool
+    ) -> Rejected | None:
+        """Everything about a new order but its kind, which `_KINDS` already checked;
+        `mine` is the account's index, if it has one."""
         if not coid:
             return _rejected(account, coid, RejectReason.INVALID_FIELD, 0)
         problem = self._qty_problem(qty)
         if problem is None and not market:
             problem = self._price_problem(price)
-        if problem is None:
-            mine = self.accounts.get(account)
-            if mine is not None and coid in mine:
-                problem = RejectReason.DUPLICATE_CLIENT_ORDER_ID
+        if problem is None and mine is not None and coid in mine:
+            problem = RejectReason.DUPLICATE_CLIENT_ORDER_ID
         if problem is None:
             return None
         return _rejected(account, coid, problem, 0, price, qty)
@@ -585,7 +648,8 @@ class Engine:
                     r.stp,
                     r.post_only,
                     r.ts,
-                )
+                ),
+                self._account_index(r.account),
             )
         self.next_order_id = checkpoint.next_order_id
         self.next_trade_id = checkpoint.next_trade_id

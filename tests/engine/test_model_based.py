@@ -188,6 +188,27 @@ class EngineVersusModel(RuleBasedStateMachine):
         assert resting == {oid: q for oid, q in self.open_qty.items() if q}, "quantity conservation"
 
     @invariant()
+    def indexes_match_the_book(self) -> None:
+        """The id and client-order-id indexes hold exactly the resting orders, and no order
+        kept for reuse is still on the book or in an index."""
+        engine = self.engine
+        levels = [*engine.bids.levels.values(), *engine.asks.levels.values()]
+        resting = [o for level in levels for o in level.orders()]
+        assert engine.orders == {o.order_id: o for o in resting}
+        indexed = {(acct, coid): o for acct, index in engine.accounts.items() for coid, o in index.items()}
+        assert indexed == {(o.account, o.client_order_id): o for o in resting}
+        assert all(o.by_client is engine.accounts[o.account] for o in resting)
+        spares = []
+        spare = engine.spare
+        while spare is not None and len(spares) <= engine.spare_count:  # bounded: a cycle fails
+            spares.append(spare)
+            spare = spare.next
+        assert len(spares) == engine.spare_count and spare is None
+        assert len({id(o) for o in spares}) == len(spares), "an order kept twice"
+        assert all(o.level is None and o.prev is None for o in spares)
+        assert not {id(o) for o in spares} & {id(o) for o in resting}
+
+    @invariant()
     def twin_agrees(self) -> None:
         if self.twin is not None:
             assert self.twin.state_hash() == self.engine.state_hash()
