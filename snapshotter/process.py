@@ -33,7 +33,6 @@ from types import FrameType
 from typing import TypeVar
 
 import lmdb
-import msgspec
 
 from daemon import child, logs
 from daemon.child import LockHeld, exclusive_lock
@@ -45,7 +44,13 @@ from engine.instrument import Instrument
 from engine.stepwise_checkpoint import encode_steps
 from journal import CorruptRecord, Journal, JournalError, Record, history, journal_path
 from journal.archive import ArchivedJournal
-from journal.checkpoints import CheckpointStore, CorruptSnapshot, checkpoints_path, new_snapshot
+from journal.checkpoints import (
+    STATE_IN_PIECES,
+    CheckpointStore,
+    CorruptSnapshot,
+    checkpoints_path,
+    new_snapshot,
+)
 
 EXIT_OK = 0
 EXIT_CANNOT_START = child.EXIT_CANNOT_START
@@ -300,10 +305,9 @@ class Snapshotter:
             return
         started = time.perf_counter()
         encoded = _paced(encode_steps(shadow.engine))
-        state = msgspec.Raw(encoded.state)
-        snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), state, encoded.state_hash)
+        snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), STATE_IN_PIECES, encoded.state_hash)
         try:
-            size = _paced(self.store.put_steps(snap))
+            size = _paced(self.store.put_steps(snap, encoded.pieces))
         except lmdb.Error as exc:
             shadow.retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             log(self.logger, "checkpoint_failed", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq,

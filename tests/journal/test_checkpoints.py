@@ -6,11 +6,19 @@ from pathlib import Path
 
 import lmdb
 import msgspec
+import pytest
 
 from engine import Engine, Instrument
 from engine.messages import NewOrder, Side
 from engine.stepwise_checkpoint import encode_steps, run_to_end
-from journal.checkpoints import PART_BYTES, CheckpointStore, CorruptSnapshot, encode, new_snapshot
+from journal.checkpoints import (
+    PART_BYTES,
+    STATE_IN_PIECES,
+    CheckpointStore,
+    CorruptSnapshot,
+    encode,
+    new_snapshot,
+)
 
 
 def _snapshot(symbol: str, seq: int, orders: int):
@@ -126,3 +134,63 @@ def test_prune_keeps_the_newest_of_one_symbol_and_their_parts_only(tmp_path: Pat
             assert txn.stat(env.open_db(b"checkpoint_parts"))["entries"] == 0  # seq 20's went too
     finally:
         env.close()
+
+
+def _stored_size(engine: Engine) -> int:
+    return len(encode(new_snapshot("BTC", 1, 0, engine.checkpoint(), engine.state_hash())))
+
+
+def _sized_engine(size: int) -> tuple[Engine, int]:
+    """An engine whose stored checkpoint is `size` bytes, if msgpack's string headers allow:
+    resting orders to near the size, then one whose account name pads it to the byte."""
+    base = Engine(Instrument("BTC"))
+    for i in range(max(0, size - 300) // 26):  # about 25 bytes an order
+        base.process(NewOrder(i + 1, i, "a", f"c{i:07}", Side.SELL, 1, 1000 + i))
+    state = base.checkpoint()
+
+    def padded(pad: int) -> tuple[Engine, int]:
+        engine = Engine(Instrument("BTC"))
+        engine.restore(state)
+        engine.process(NewOrder(10**9, 0, "b" * pad, "x", Side.BUY, 1, 1))
+        return engine, _stored_size(engine)
+
+    pad = 1 + size - padded(1)[1]  # one byte a character, give or take a string header
+    for candidate in (pad, pad - 1, pad - 2, pad + 1):
+        engine, stored = padded(max(1, candidate))
+        if stored == size:
+            return engine, stored
+    return engine, stored
+
+
+EDGES = [200, PART_BYTES - 1, PART_BYTES, PART_BYTES + 1, 2 * PART_BYTES, 2 * PART_BYTES + 5]
+
+
+@pytest.mark.parametrize("target", EDGES)
+def test_a_state_in_pieces_is_stored_as_the_one_shot_checkpoint_at_every_part_edge(
+    tmp_path: Path, target: int
+) -> None:
+    engine, size = _sized_engine(target)
+    assert size == target  # the edge really is exercised
+    encoded = run_to_end(encode_steps(engine, 7))
+    pieced = new_snapshot("BTC", 1, 0, STATE_IN_PIECES, encoded.state_hash)
+    one_shot = msgspec.structs.replace(pieced, state=engine.checkpoint())
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        store.put(_snapshot("BTC", 1, 20_000))  # a longer one at the same key: no stale parts
+        steps = store.put_steps(pieced, encoded.pieces)
+        pauses = 0
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                assert done.value == size
+                break
+            pauses += 1
+        assert pauses == -(-size // PART_BYTES) - 1  # one after every part but the first
+        assert store.newest("BTC") == one_shot
+        assert [i.size_bytes for i in store.infos("BTC")] == [size]
+
+
+def test_a_snapshot_in_pieces_cannot_be_encoded_whole() -> None:
+    snap = new_snapshot("BTC", 1, 0, STATE_IN_PIECES, "h")
+    with pytest.raises(ValueError, match="pieces"):
+        encode(snap)
