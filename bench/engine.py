@@ -1,12 +1,14 @@
 """Benchmark clobd's matching core against the strongest Python order books on PyPI.
 
-    python -m bench.engine [--n 1000000] [--seed 1] [--engines clobd,matching-engine,...]
+    python -m bench.engine [--n 1000000] [--seed 1] [--repeat 3] [--engines clobd,matching-engine,...]
 
 One seeded workload (about 55% passive GTC adds within 50 ticks of the mid, 30% cancels of
 orders resting at that moment, 15% IOC limits priced 1-5 ticks through the touch; all buys
 from one account and all sells from another) is generated against a reference book and
 written to a file. Each engine then runs it in its own subprocess on its own interpreter
 (see `bench.peers.worker`), and the results are tabled and checked against the reference.
+Engines run in rounds, each once per round (`--repeat`, default 3), and each one's median
+run is shown: a noisy shared machine then slows every engine alike, not just one.
 Peers are installed into `.venv-bench/` and `.venv-bench312/` on first use.
 """
 
@@ -64,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = Path(tmp) / "workload.bin"
         meta = _write_workload(path, args.n, args.seed)
         pythons = _interpreters(args.engines)
-        results = [_median_run(name, pythons[name], path, args) for name in args.engines]
+        results = _median_runs(args.engines, pythons, path, args)
     problems = report(meta, results)
     print(f"\nmachine: {os.cpu_count()} cores, 1-min load average {load:.2f} at start")
     print(f"total bench time (generation, setup, all engines): {time.perf_counter() - started:.1f} s")
@@ -81,7 +83,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         type=lambda s: [e for e in s.split(",") if e],
         help="comma-separated subset of: " + ", ".join(ENGINES),
     )
-    parser.add_argument("--repeat", type=int, default=1, help="runs per engine; the median by cmd/s is shown")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of every engine; each one's median by cmd/s is shown"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per engine run")
     args = parser.parse_args(argv)
     unknown = set(args.engines) - set(ENGINES)
@@ -123,18 +127,32 @@ def _interpreters(engines: list[str]) -> dict[str, str | Exception]:
     return out
 
 
-def _median_run(name: str, python: str | Exception, path: Path, args: argparse.Namespace) -> Result:
-    """Run an engine `--repeat` times; a shared 2-core machine is noisy, so keep the median."""
-    runs = []
+def _median_runs(
+    engines: list[str], pythons: dict[str, str | Exception], path: Path, args: argparse.Namespace
+) -> list[Result]:
+    """Every engine `--repeat` times, in rounds (each engine once per round), so a slow
+    spell of a shared machine hits every engine alike; each engine's median run is kept."""
+    runs: dict[str, list[Result]] = {name: [] for name in engines}
+    failed: dict[str, Result] = {}
     for _ in range(args.repeat):
-        result = _run_engine(name, python, path, args.timeout)
-        if "error" in result:
-            return result
-        runs.append(result)
-    runs.sort(key=lambda r: r["commands_per_s"])
-    median = runs[len(runs) // 2]
-    median["runs"] = [r["commands_per_s"] for r in runs]
-    return median
+        for name in engines:
+            if name in failed:
+                continue
+            result = _run_engine(name, pythons[name], path, args.timeout)
+            if "error" in result:
+                failed[name] = result
+            else:
+                runs[name].append(result)
+    out = []
+    for name in engines:
+        if name in failed:
+            out.append(failed[name])
+            continue
+        in_order = [r["commands_per_s"] for r in runs[name]]
+        median = sorted(runs[name], key=lambda r: r["commands_per_s"])[len(in_order) // 2]
+        median["runs"] = in_order
+        out.append(median)
+    return out
 
 
 def _run_engine(name: str, python: str | Exception, path: Path, timeout: float) -> Result:
@@ -256,6 +274,10 @@ def _print_targets(ok: dict[str, Result]) -> None:
             f"clobd ÷ {TARGET_PEER} commands/s = {ratio:.2f}x (target >= {TARGET_RATIO}x): {verdict}"
             f"  [clobd on {clobd['interpreter']}, {TARGET_PEER} on {peer['interpreter']}, {peer['mode']}]"
         )
+        rounds = zip(clobd.get("runs", ()), peer.get("runs", ()), strict=False)
+        per_round = [f"{a / b:.2f}x" for a, b in rounds]
+        if len(per_round) > 1:
+            print(f"  per round (cmd/s ratio of the runs made side by side): {', '.join(per_round)}")
         same = next((r for r in ok.values() if r is not clobd and r["adapter"] == CLOBD), None)
         if same is not None and same["interpreter"] == peer["interpreter"]:
             ratio = same["commands_per_s"] / peer["commands_per_s"]
