@@ -60,14 +60,16 @@ def encode_steps(engine: Engine, step: int = STEP_ORDERS) -> Generator[None, Non
         pieces.append(header)
         digest.update(header)
         orders = engine.resting_orders(Side.BUY if side.is_bid else Side.SELL)
+        walked = 0
         while chunk := list(islice(orders, step)):
             piece = _array_items(chunk)
             pieces.append(piece)
             digest.update(piece)
-            resting += len(chunk)
+            walked += len(chunk)
             yield
-    if resting != len(engine.orders):
-        raise RuntimeError(f"book walk found {resting} orders, the index {len(engine.orders)}")
+        if walked != count:  # the book changed under the walk: the header would lie
+            raise RuntimeError(f"book walk found {walked} orders on a side whose levels count {count}")
+        resting += walked
     pieces.append(suffix)
     digest.update(suffix)
     return EncodedState(tuple(pieces), digest.hexdigest(), resting)

@@ -112,9 +112,12 @@ def _payload(snapshot: Snapshot, state: Sequence[bytes] | None) -> list[bytes]:
     """msgpack of `snapshot` in pieces: the snapshot's own encoding, or, for one made with
     STATE_IN_PIECES, its fields around `state`'s pieces (a Raw is written as it is, and the
     state is followed by `version` alone)."""
+    in_pieces = cast(object, snapshot.state) is STATE_IN_PIECES
     if state is None:
+        if in_pieces:
+            raise ValueError("this snapshot's state comes in pieces: pass them to put_steps")
         return [_encoder.encode(snapshot)]
-    if cast(object, snapshot.state) is not STATE_IN_PIECES:
+    if not in_pieces:
         raise ValueError("state pieces for a snapshot that has a state of its own")
     around = _encoder.encode(snapshot)
     version = _encoder.encode(snapshot.version)

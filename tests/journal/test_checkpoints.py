@@ -194,3 +194,11 @@ def test_a_snapshot_in_pieces_cannot_be_encoded_whole() -> None:
     snap = new_snapshot("BTC", 1, 0, STATE_IN_PIECES, "h")
     with pytest.raises(ValueError, match="pieces"):
         encode(snap)
+
+
+def test_a_snapshot_in_pieces_cannot_be_stored_without_its_pieces(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        store.put(_snapshot("BTC", 5, 3))
+        with pytest.raises(ValueError, match="pieces"):
+            store.put(new_snapshot("BTC", 5, 0, STATE_IN_PIECES, "h"))
+        assert store.newest("BTC") is not None  # the good one at that key is still there
