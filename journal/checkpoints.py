@@ -84,10 +84,19 @@ def new_snapshot(
 
 
 def encode(snapshot: Snapshot) -> bytes:
-    if cast(object, snapshot.state) is STATE_IN_PIECES:
-        raise ValueError("this snapshot's state comes in pieces: store it with put_steps")
-    payload = _encoder.encode(snapshot)
+    payload = _msgpack(snapshot)
     return zlib.crc32(payload).to_bytes(_CRC, "big") + payload
+
+
+def _msgpack(snapshot: Snapshot) -> bytes:
+    """msgpack of a whole snapshot; one made with STATE_IN_PIECES has no whole encoding."""
+    if _in_pieces(snapshot):
+        raise ValueError("this snapshot's state comes in pieces: store it with put_steps")
+    return _encoder.encode(snapshot)
+
+
+def _in_pieces(snapshot: Snapshot) -> bool:
+    return cast(object, snapshot.state) is STATE_IN_PIECES
 
 
 def decode(raw: bytes | memoryview, symbol: str = "?", seq: int = 0) -> Snapshot:
@@ -112,12 +121,9 @@ def _payload(snapshot: Snapshot, state: Sequence[bytes] | None) -> list[bytes]:
     """msgpack of `snapshot` in pieces: the snapshot's own encoding, or, for one made with
     STATE_IN_PIECES, its fields around `state`'s pieces (a Raw is written as it is, and the
     state is followed by `version` alone)."""
-    in_pieces = cast(object, snapshot.state) is STATE_IN_PIECES
     if state is None:
-        if in_pieces:
-            raise ValueError("this snapshot's state comes in pieces: pass them to put_steps")
-        return [_encoder.encode(snapshot)]
-    if not in_pieces:
+        return [_msgpack(snapshot)]
+    if not _in_pieces(snapshot):
         raise ValueError("state pieces for a snapshot that has a state of its own")
     around = _encoder.encode(snapshot)
     version = _encoder.encode(snapshot.version)
