@@ -83,7 +83,11 @@ class Order:
 
 
 class Level:
-    __slots__ = ("price", "head", "tail", "total", "live")
+    """One price's queue. Every change to the queue or to an order in it is counted in
+    `version` by `append`, `remove` or `shrink` (an order's `qty` changes only beside a
+    `shrink`)."""
+
+    __slots__ = ("price", "head", "tail", "total", "live", "version")
 
     def __init__(self, price: int) -> None:
         self.price = price
@@ -91,6 +95,9 @@ class Level:
         self.tail: Order | None = None
         self.total = 0  # open quantity of its orders
         self.live = 0  # number of its orders
+        # Changes so far: a reader that saw this level at one version knows it unchanged
+        # at the same version (the snapshotter re-encodes only the levels that moved).
+        self.version = 0
 
     def append(self, order: Order) -> None:
         tail = self.tail
@@ -104,6 +111,7 @@ class Level:
         self.tail = order
         self.total += order.remaining
         self.live += 1
+        self.version += 1
 
     def remove(self, order: Order) -> None:
         """Unlink `order`, wherever it stands; its open quantity leaves the level's total."""
@@ -122,6 +130,13 @@ class Level:
         order.next = None
         self.total -= order.remaining
         self.live -= 1
+        self.version += 1
+
+    def shrink(self, order: Order, qty: int) -> None:
+        """Take `qty` off the open quantity of `order`, which is in this level."""
+        order.remaining -= qty
+        self.total -= qty
+        self.version += 1
 
     def orders(self) -> Iterator[Order]:
         order = self.head

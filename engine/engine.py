@@ -319,8 +319,7 @@ class Engine:
                 continue
             qty = taker.remaining if taker.remaining < maker.remaining else maker.remaining
             taker.remaining -= qty
-            maker.remaining -= qty
-            level.total -= qty
+            level.shrink(maker, qty)
             trade_id = self.next_trade_id
             self.next_trade_id = trade_id + 1
             self.last_trade_price = price
@@ -381,8 +380,9 @@ class Engine:
                 order.remaining = 0
             return
         if resting:
-            _level_of(order).total -= qty
-        order.remaining -= qty
+            _level_of(order).shrink(order, qty)
+        else:
+            order.remaining -= qty
         order.qty -= qty
         events.append(_amended(order, True))
 
@@ -491,8 +491,7 @@ class Engine:
 
     def _reduce(self, order: Order, delta: int) -> Amended:
         order.qty -= delta
-        order.remaining -= delta
-        _level_of(order).total -= delta
+        _level_of(order).shrink(order, delta)
         return _amended(order, True)
 
     def _replace(self, order: Order, price: int, qty: int, ts: int) -> list[Event]:
@@ -724,6 +723,20 @@ def _level_of(order: Order) -> Level:
 def _order_id(order: Order) -> int:
     order_id: int = order.order_id
     return order_id
+
+
+def resting_in(level: Level, step: int) -> Iterator[list[RestingOrder]]:
+    """`level`'s orders as `Engine.checkpoint()` lists them, in lists of at most `step`."""
+    chunk: list[RestingOrder] = []
+    order = level.head
+    while order is not None:
+        chunk.append(_resting(order))
+        if len(chunk) == step:
+            yield chunk
+            chunk = []
+        order = order.next
+    if chunk:
+        yield chunk
 
 
 def _resting(order: Order) -> RestingOrder:
