@@ -41,7 +41,7 @@ from daemon.logs import log
 from daemon.notify import notify
 from engine.engine import Engine
 from engine.instrument import Instrument
-from engine.stepwise_checkpoint import encode_steps
+from engine.stepwise_checkpoint import LevelEncodings, encode_steps
 from journal import CorruptRecord, Journal, JournalError, Record, history, journal_path
 from journal.archive import ArchivedJournal
 from journal.checkpoints import (
@@ -105,14 +105,17 @@ class Signals:
 class Shadow:
     """One instrument's shadow book and where it stands in the journal."""
 
-    __slots__ = ("broken", "caught_up", "checkpointed_seq", "engine", "journal", "path", "retry_at", "seq",
-                 "since", "spec", "symbol")  # fmt: skip
+    __slots__ = ("broken", "caught_up", "checkpointed_seq", "encodings", "engine", "journal", "path",
+                 "retry_at", "seq", "since", "spec", "symbol")  # fmt: skip
 
     def __init__(self, spec: Instrument, path: Path) -> None:
         self.spec = spec
         self.symbol = spec.symbol
         self.path = path
         self.engine = Engine(spec)
+        # The levels of its last checkpoint, encoded: the next one encodes only those that
+        # changed (with checkpoints every few seconds, most of a deep book has not).
+        self.encodings = LevelEncodings()
         self.seq = 0  # last journal seq applied to `engine`
         self.checkpointed_seq = 0  # seq of the last checkpoint written (or restored)
         self.since = 0  # records applied since that checkpoint
@@ -178,6 +181,7 @@ class Snapshotter:
     @staticmethod
     def _reset(shadow: Shadow, engine: Engine, seq: int) -> None:
         shadow.engine = engine
+        shadow.encodings = LevelEncodings()
         shadow.seq = shadow.checkpointed_seq = seq
         shadow.since = 0
         shadow.caught_up = False
@@ -284,6 +288,7 @@ class Snapshotter:
             shadow.journal.close()
             shadow.journal = None
         shadow.engine = Engine(shadow.spec)
+        shadow.encodings = LevelEncodings()
         gc.unfreeze()  # the dropped book was frozen, and its linked lists are cycles
         gc.collect()
         gc.freeze()
@@ -309,7 +314,7 @@ class Snapshotter:
             return
         started = time.perf_counter()
         pause = 0.0 if reason == "stop" else PAUSE_S  # at stop the order path has stopped
-        encoded = _paced(encode_steps(shadow.engine), pause)
+        encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), pause)
         snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), STATE_IN_PIECES, encoded.state_hash)
         try:
             size = _paced(self.store.put_steps(snap, encoded.pieces), pause)

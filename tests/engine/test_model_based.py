@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 
+import msgspec
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -25,6 +26,7 @@ from engine.messages import (
     Side,
     TimeInForce,
 )
+from engine.stepwise_checkpoint import LevelEncodings, encode_steps, run_to_end
 from tests.engine.reference_model import Model, normalise
 
 SPEC = Instrument(
@@ -49,6 +51,7 @@ class EngineVersusModel(RuleBasedStateMachine):
         self.twin: Engine | None = None
         self.seq = 0
         self.open_qty: dict[int, int] = {}  # order_id -> open quantity, as the events tell it
+        self.encodings = LevelEncodings()  # kept from each command's checkpoint to the next
 
     def _run(self, make) -> None:
         self.seq += 1
@@ -207,6 +210,13 @@ class EngineVersusModel(RuleBasedStateMachine):
         assert len({id(o) for o in spares}) == len(spares), "an order kept twice"
         assert all(o.level is None and o.prev is None for o in spares)
         assert not {id(o) for o in spares} & {id(o) for o in resting}
+
+    @invariant()
+    def reused_encodings_are_current(self) -> None:
+        """A checkpoint that reuses the levels the previous one encoded is the checkpoint:
+        every change to a resting order moved its level's version."""
+        encoded = run_to_end(encode_steps(self.engine, 3, self.encodings))
+        assert encoded.state == msgspec.msgpack.encode(self.engine.checkpoint())
 
     @invariant()
     def twin_agrees(self) -> None:

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Engine
-from engine.messages import Checkpoint
-from engine.stepwise_checkpoint import _array_header, encode_steps, run_to_end
+from engine.messages import Cancel, Checkpoint, NewOrder, Side
+from engine.stepwise_checkpoint import LevelEncodings, _array_header, encode_steps, run_to_end
 from tests.engine.test_determinism import SPEC, commands, run
 
 
@@ -47,6 +47,42 @@ def test_it_yields_between_steps_and_leaves_the_book_as_it_was() -> None:
     assert resting > 30 and pauses >= resting // 10  # a pause at least every 10 orders
     assert encoded.resting_orders == resting
     assert engine.state_hash() == before
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10**6), every=st.integers(1, 25), step=st.integers(1, 40))
+def test_reusing_levels_gives_the_same_checkpoint(seed: int, every: int, step: int) -> None:
+    engine = Engine(SPEC)
+    encodings = LevelEncodings()
+    cmds = commands(800, seed)
+    for start in range(0, len(cmds), every):
+        run(engine, cmds[start : start + every])
+        encoded = run_to_end(encode_steps(engine, step, encodings))
+        assert encoded.state == msgspec.msgpack.encode(engine.checkpoint())
+        assert encoded.state_hash == engine.state_hash()
+    assert len(encodings.levels) == len(engine.bids.levels) + len(engine.asks.levels)
+
+
+def test_only_the_levels_that_changed_are_encoded_again() -> None:
+    engine = _engine_after(3000, 11)
+    encodings = LevelEncodings()
+    first = run_to_end(encode_steps(engine, 5, encodings))
+    before = dict(encodings.levels)
+    assert run_to_end(encode_steps(engine, 5, encodings)) == first
+    assert encodings.levels == before and all(encodings.levels[lv] is e for lv, e in before.items())
+
+    # Out and in again at the same level with the same quantity: the level's count and total
+    # are as they were, its orders are not.
+    level = next(lv for lv in engine.bids.levels_best_first() if lv.live > 1)
+    head = level.head
+    assert head is not None
+    total, seq = level.total, engine.last_seq
+    engine.process(Cancel(seq + 1, seq + 1, head.account, head.order_id))
+    engine.process(NewOrder(seq + 2, seq + 2, head.account, "again", Side.BUY, head.remaining, level.price))
+    assert engine.bids.levels[level.price] is level and level.total == total
+    changed = run_to_end(encode_steps(engine, 5, encodings))
+    assert changed.state == msgspec.msgpack.encode(engine.checkpoint())
+    assert [lv for lv, e in encodings.levels.items() if e is not before[lv]] == [level]
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 65_535, 65_536, 70_000])
