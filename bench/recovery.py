@@ -41,7 +41,7 @@ from pathlib import Path
 if not __package__:  # run as `python bench/recovery.py`: import `bench` from the repo root
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench.e2e_daemon import ROOT, BenchDaemon, DaemonError
+from bench.e2e_daemon import ROOT, BenchDaemon, DaemonError, cpu_seconds
 from bench.e2e_load import MID, LoadResult, LoadSpec, run_client
 from daemon import config as daemon_config
 from daemon.notify import parse
@@ -311,6 +311,48 @@ def checkpoint_lines(daemon: BenchDaemon) -> list[dict[str, str]]:
     return out
 
 
+DiskCount = tuple[int, int] | None  # (write requests, bytes) so far, if the device is known
+
+
+def disk_written(path: Path) -> DiskCount:
+    """(write requests, bytes written) so far to the block device holding `path`, from
+    /proc/diskstats; None where that device is not listed (tmpfs, overlay, ...)."""
+    dev = os.stat(path).st_dev
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/diskstats").read_text().splitlines():
+            f = line.split()
+            if (int(f[0]), int(f[1])) == (os.major(dev), os.minor(dev)):
+                return int(f[7]), int(f[9]) * 512  # writes completed, sectors written
+    return None
+
+
+@dataclass
+class WindowCost:
+    """What one kind of step-3 window cost outside the order path, summed over its windows."""
+
+    windows: int = 0
+    snapshotter_cpu_s: float = 0.0
+    disk_writes: int = 0
+    disk_bytes: int = 0
+    disk_seen: bool = True
+
+    def add(self, cpu_s: float, disk_before: DiskCount, disk_after: DiskCount) -> None:
+        self.windows += 1
+        self.snapshotter_cpu_s += cpu_s
+        if disk_before is None or disk_after is None:
+            self.disk_seen = False
+        else:
+            self.disk_writes += disk_after[0] - disk_before[0]
+            self.disk_bytes += disk_after[1] - disk_before[1]
+
+    def per_window(self) -> str:
+        n = max(1, self.windows)
+        cpu = f"{self.snapshotter_cpu_s / n:.2f} s"
+        if not self.disk_seen:
+            return cpu
+        return f"{cpu}; {self.disk_bytes / n / 2**20:.0f} MiB in {self.disk_writes / n:,.0f} writes"
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -427,6 +469,7 @@ def main() -> int:
         signals = 0
         per_window: list[str] = []  # p99 of each window, in the order run
         quiet_p99s: list[float] = []
+        costs = {False: WindowCost(), True: WindowCost()}  # by checkpointing
         try:
             daemon.start(120)
             pid = snapshotter_pid(daemon)
@@ -437,6 +480,7 @@ def main() -> int:
             half = replace(sz, window_s=sz.window_s / ROUNDS)
             for r in range(ROUNDS):
                 for checkpointing in (False, True) if r % 2 == 0 else (True, False):
+                    cpu0, disk0 = cpu_seconds(pid), disk_written(daemon.data_dir)
                     if checkpointing:
                         res, sent = checkpointing_window(daemon.endpoint, f"ckpt{r}", half, pid)
                         signals += sent
@@ -444,6 +488,7 @@ def main() -> int:
                     else:
                         res = load_window(daemon.endpoint, f"quiet{r}", half)
                         base += latencies_ms(res)
+                    costs[checkpointing].add(cpu_seconds(pid) - cpu0, disk0, disk_written(daemon.data_dir))
                     check_load(res, problems)
                     label = "ckpt" if checkpointing else "quiet"
                     window_p99 = pct(latencies_ms(res), 0.99)
@@ -486,6 +531,8 @@ def main() -> int:
              f"{max(base, default=float('nan')):.1f} / {max(busy, default=float('nan')):.1f} ms"),
             ("   p99 per window, in order (ms)", ", ".join(per_window)),
             (f"   checkpoints written in the window ({signals} SIGUSR1)", f"{len(taken)}"),
+            ("   per quiet window: snapshotter CPU; disk written", costs[False].per_window()),
+            ("   per checkpointing window: snapshotter CPU; disk written", costs[True].per_window()),
         ]  # fmt: skip
         if durations:
             rows.append(("   checkpoint duration_ms median / max",
