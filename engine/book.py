@@ -85,9 +85,9 @@ class Order:
 class Level:
     """One price's queue. Every change to the queue or to an order in it is counted in
     `version` by `append`, `remove` or `shrink` (an order's `qty` changes only beside a
-    `shrink`)."""
+    `shrink`), and every change but an append in `reshapes` too."""
 
-    __slots__ = ("price", "head", "tail", "total", "live", "version")
+    __slots__ = ("price", "head", "tail", "total", "live", "version", "reshapes")
 
     def __init__(self, price: int) -> None:
         self.price = price
@@ -98,6 +98,9 @@ class Level:
         # Changes so far: a reader that saw this level at one version knows it unchanged
         # at the same version (the snapshotter re-encodes only the levels that moved).
         self.version = 0
+        # Removals and shrinks so far: while it stays the same, the orders a reader saw are
+        # still the first ones of the queue, as they were, and only appends came after.
+        self.reshapes = 0
 
     def append(self, order: Order) -> None:
         tail = self.tail
@@ -131,12 +134,24 @@ class Level:
         self.total -= order.remaining
         self.live -= 1
         self.version += 1
+        self.reshapes += 1
 
     def shrink(self, order: Order, qty: int) -> None:
         """Take `qty` off the open quantity of `order`, which is in this level."""
         order.remaining -= qty
         self.total -= qty
         self.version += 1
+        self.reshapes += 1
+
+    def last(self, n: int) -> Order | None:
+        """The first of its last `n` orders (None if `n` is 0): walked from the back."""
+        if n <= 0:
+            return None
+        order = self.tail
+        for _ in range(n - 1):
+            assert order is not None, "fewer orders than asked for"
+            order = order.prev
+        return order
 
     def orders(self) -> Iterator[Order]:
         order = self.head

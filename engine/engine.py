@@ -725,10 +725,11 @@ def _order_id(order: Order) -> int:
     return order_id
 
 
-def resting_in(level: Level, step: int) -> Iterator[list[RestingOrder]]:
-    """`level`'s orders as `Engine.checkpoint()` lists them, in lists of at most `step`."""
+def resting_in(level: Level, step: int, newest: int = -1) -> Iterator[list[RestingOrder]]:
+    """`level`'s orders as `Engine.checkpoint()` lists them, in lists of at most `step`;
+    only its last `newest` ones if that is given."""
     chunk: list[RestingOrder] = []
-    order = level.head
+    order = level.head if newest < 0 else level.last(newest)
     while order is not None:
         chunk.append(_resting(order))
         if len(chunk) == step:

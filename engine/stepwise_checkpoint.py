@@ -30,6 +30,9 @@ STEP_ORDERS = 1_000
 # Reused bytes that cost about as much to hash as one order costs to walk and encode
 # (SHA-256 at about 2 GB/s, 0.5-0.6 us per order encoded).
 REUSED_BYTES_PER_ORDER = 1_000
+# Pieces kept per level before they are joined into one: each checkpoint of a level that
+# was only appended to adds one, and each piece costs the store's writer a turn of its loop.
+MAX_PIECES_PER_LEVEL = 16
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -48,7 +51,8 @@ class EncodedState(NamedTuple):
 
 
 class EncodedLevel(NamedTuple):
-    version: int  # the level's version when it was encoded
+    version: int  # the level's version and reshapes when it was encoded
+    reshapes: int
     pieces: tuple[bytes, ...]  # msgpack of its orders without an array header, in chunks
     orders: int
 
@@ -57,10 +61,11 @@ class LevelEncodings:
     """Each level's orders as the last checkpoint encoded them, for the next one to reuse.
 
     A level at the version it was encoded at holds the same orders in the same state
-    (`Level.version`), so its bytes still hold: a checkpoint re-encodes only the levels that
-    changed since the last one. Levels are keyed by identity (a level dropped and made again
-    at the same price is a new object, at version 0), and only the levels of the last
-    checkpoint are kept.
+    (`Level.version`), so its bytes still hold; one with only appends since (the same
+    `Level.reshapes`) needs just its newest orders encoded after them. A checkpoint encodes
+    only the orders that came or changed since the last one. Levels are keyed by identity (a
+    level dropped and made again at the same price is a new object, at version 0), and only
+    the levels of the last checkpoint are kept.
     """
 
     def __init__(self) -> None:
@@ -72,11 +77,12 @@ def encode_steps(
 ) -> Generator[None, None, EncodedState]:
     """Encode `engine`'s checkpoint, yielding between steps; the result as StopIteration's value.
 
-    A step is `step` orders encoded or STEP_BYTES of reused encodings hashed. The state hash
-    is taken piece by piece as the pieces are made, while each is still in the cache: a
-    checkpoint never walks (nor allocates) a buffer of the whole book. With `reuse`, levels
-    unchanged since the checkpoint that filled it are not encoded again, and `reuse` is left
-    holding this checkpoint's levels.
+    A step is `step` orders encoded, or as much work in bytes reused (hashed or joined). The
+    state hash is taken piece by piece as the pieces are made, while each is still in the
+    cache: a checkpoint never walks (nor allocates) a buffer of the whole book. With `reuse`,
+    what the checkpoint that filled it encoded of a level is not encoded again if the level
+    did not change or was only appended to, and `reuse` is left holding this checkpoint's
+    levels.
     """
     known = reuse.levels if reuse is not None else {}
     kept: dict[Level, EncodedLevel] = {}
@@ -84,7 +90,7 @@ def encode_steps(
     pieces = [prefix]
     digest = hashlib.sha256(prefix)
     resting = 0
-    work = 0  # orders encoded plus reused bytes hashed / BYTES_PER_ORDER since the last yield
+    work = 0  # orders encoded, plus bytes reused / REUSED_BYTES_PER_ORDER, since the last yield
     for side in (engine.bids, engine.asks):
         count = sum(level.live for level in side.levels.values())
         header = _array_header(count)
@@ -95,13 +101,19 @@ def encode_steps(
             encoded = known.get(level)
             if encoded is None or encoded.version != level.version:
                 made: list[bytes] = []
-                for chunk in resting_in(level, step):
+                newest = -1  # all of the level's orders
+                if encoded is not None and encoded.reshapes == level.reshapes:
+                    made, newest = list(encoded.pieces), level.live - encoded.orders  # appends only
+                for chunk in resting_in(level, step, newest):
                     made.append(_array_items(chunk))
                     work += len(chunk)
                     if work >= step:
                         yield
                         work = 0
-                encoded = EncodedLevel(level.version, tuple(made), level.live)
+                if len(made) > MAX_PIECES_PER_LEVEL:  # a level appended to checkpoint after checkpoint
+                    made = [b"".join(made)]
+                    work += len(made[0]) // REUSED_BYTES_PER_ORDER
+                encoded = EncodedLevel(level.version, level.reshapes, tuple(made), level.live)
             kept[level] = encoded
             for piece in encoded.pieces:
                 pieces.append(piece)

@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from engine import Engine
 from engine.messages import Cancel, Checkpoint, NewOrder, Side
-from engine.stepwise_checkpoint import LevelEncodings, _array_header, encode_steps, run_to_end
+from engine.stepwise_checkpoint import (
+    MAX_PIECES_PER_LEVEL,
+    LevelEncodings,
+    _array_header,
+    encode_steps,
+    run_to_end,
+)
 from tests.engine.test_determinism import SPEC, commands, run
 
 
@@ -83,6 +89,27 @@ def test_only_the_levels_that_changed_are_encoded_again() -> None:
     changed = run_to_end(encode_steps(engine, 5, encodings))
     assert changed.state == msgspec.msgpack.encode(engine.checkpoint())
     assert [lv for lv, e in encodings.levels.items() if e is not before[lv]] == [level]
+
+
+def test_a_level_only_appended_to_encodes_just_its_new_orders() -> None:
+    engine = _engine_after(3000, 11)
+    encodings = LevelEncodings()
+    run_to_end(encode_steps(engine, 5, encodings))
+    level = next(lv for lv in engine.asks.levels_best_first() if lv.live > 1)
+    account = "e"  # trades with nobody: the asks it joins are above every bid
+    for i in range(MAX_PIECES_PER_LEVEL + 5):
+        before = encodings.levels[level]
+        seq = engine.last_seq + 1
+        engine.process(NewOrder(seq, seq, account, f"more{i}", Side.SELL, 1 + i, level.price))
+        encoded = run_to_end(encode_steps(engine, 5, encodings))
+        assert encoded.state == msgspec.msgpack.encode(engine.checkpoint())
+        after = encodings.levels[level]
+        assert after.orders == before.orders + 1
+        if len(after.pieces) > 1:  # the old pieces, as they were, then the one new order's
+            assert all(a is b for a, b in zip(after.pieces, before.pieces, strict=False))
+            assert after.pieces[-1] == msgspec.msgpack.encode([engine.order(level.tail.order_id)])[1:]
+        assert len(after.pieces) <= MAX_PIECES_PER_LEVEL
+    assert len(encodings.levels[level].pieces) < MAX_PIECES_PER_LEVEL  # joined on the way
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 65_535, 65_536, 70_000])
