@@ -68,6 +68,12 @@ MAX_RECORDS_PER_TURN = 5_000
 # back to back, ack p99 x1.14-1.16 over none instead of x1.18-1.22 (three runs each).
 SLICE_S = 0.001
 PAUSE_S = 0.005
+# The order-history index is written at most once per HISTORY_EVERY_S per instrument (or
+# per MAX_RECORDS_PER_TURN records): each write is a synced commit, and one per poll (20 a
+# second under load) cost the matchers' ack p99 about 15% on this VM (2.15 ms against
+# 1.81 ms with the index not written, alternating windows in one run). The index is
+# derived data: `clob` catches up from the journal whatever it does not hold yet.
+HISTORY_EVERY_S = 1.0
 # On SIGTERM: how long to keep catching up before the final checkpoint.
 FINAL_CATCH_UP_S = 2.0
 # After a checkpoint write fails (full disk, unwritable store), the automatic triggers
@@ -105,8 +111,9 @@ class Signals:
 class Shadow:
     """One instrument's shadow book and where it stands in the journal."""
 
-    __slots__ = ("broken", "caught_up", "checkpointed_seq", "encodings", "engine", "journal", "path",
-                 "retry_at", "seq", "since", "spec", "symbol")  # fmt: skip
+    __slots__ = ("broken", "caught_up", "checkpointed_seq", "encodings", "engine", "history_due",
+                 "history_pending", "journal", "path", "retry_at", "seq", "since", "spec",
+                 "symbol")  # fmt: skip
 
     def __init__(self, spec: Instrument, path: Path) -> None:
         self.spec = spec
@@ -123,6 +130,8 @@ class Shadow:
         self.broken: str | None = None  # why this shadow is no longer followed/checkpointed
         self.caught_up = False
         self.retry_at = 0.0  # monotonic: no automatic checkpoint before this (after a failure)
+        self.history_pending: list[Record] = []  # applied, not yet in the order-history index
+        self.history_due = 0.0  # monotonic: when they go there at the latest
 
 
 class Snapshotter:
@@ -197,10 +206,10 @@ class Snapshotter:
                 continue
             if shadow.journal is None and not self._open(shadow):
                 continue
-            applied_records: list[Record] = []
-            applied = self._apply(shadow, MAX_RECORDS_PER_TURN, applied_records)
-            if applied_records:
-                self._update_history(shadow, applied_records)
+            applied = self._apply(shadow, MAX_RECORDS_PER_TURN, shadow.history_pending)
+            pending = len(shadow.history_pending)
+            if pending >= MAX_RECORDS_PER_TURN or (pending and time.monotonic() >= shadow.history_due):
+                self._update_history(shadow)
             if applied >= MAX_RECORDS_PER_TURN:
                 more = True
             elif not shadow.caught_up and shadow.broken is None:
@@ -268,11 +277,13 @@ class Snapshotter:
         self.records += applied
         return applied
 
-    def _update_history(self, shadow: Shadow, records: list[Record]) -> None:
-        """The order-history index (`journal.history`): this turn's records, one write txn.
-        A failure is logged and never stops the shadows: the index is derived data, and the
-        CLI catches it up from the journal on its own."""
-        if self.history is None or shadow.journal is None:
+    def _update_history(self, shadow: Shadow) -> None:
+        """The order-history index (`journal.history`): the records applied since its last
+        update, in one write txn. A failure is logged and never stops the shadows: the index
+        is derived data, and the CLI catches it up from the journal on its own."""
+        records, shadow.history_pending = shadow.history_pending, []
+        shadow.history_due = time.monotonic() + HISTORY_EVERY_S
+        if self.history is None or shadow.journal is None or not records:
             return
         try:
             history.follow(self.history, shadow.journal, shadow.symbol, records, MAX_RECORDS_PER_TURN)
@@ -283,6 +294,7 @@ class Snapshotter:
     def _break(self, shadow: Shadow, reason: str) -> None:
         """Stop following and checkpointing `shadow`: it can no longer be trusted."""
         shadow.broken = reason
+        shadow.history_pending = []
         log(self.logger, "shadow_stopped", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq, reason=reason)
         if shadow.journal is not None:
             shadow.journal.close()
@@ -372,6 +384,7 @@ class Snapshotter:
 
     def close(self) -> None:
         for shadow in self.shadows:
+            self._update_history(shadow)
             if shadow.journal is not None:
                 shadow.journal.close()
                 shadow.journal = None

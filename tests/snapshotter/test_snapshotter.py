@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import multiprocessing
 import os
 import random
 import shutil
@@ -336,3 +338,60 @@ def test_keeps_the_newest_checkpoints_and_deletes_older_ones(tmp_path: Path) -> 
     finally:
         if standalone.proc is not None and standalone.proc.poll() is None:
             standalone.proc.kill()
+
+
+def append_bids(path: Path, n: int) -> None:
+    """`n` more resting bids at the end of the journal at `path` (its records' events too)."""
+    engine = Engine(BTC)
+    with Journal(path) as journal:
+        for record in journal.read(1, journal.last_seq()):
+            engine.process(record.command)
+        first = engine.last_seq + 1
+        commands = [NewOrder(s, s, "bob", f"c{s}", Side.BUY, 1, 10_000) for s in range(first, first + n)]
+        journal.append([Record(c.seq, c.ts, c, engine.process(c)) for c in commands])
+
+
+def test_the_order_history_index_is_written_in_batches_not_every_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held back until HISTORY_EVERY_S has passed (here: never) or MAX_RECORDS_PER_TURN
+    records wait (here: 60), and written at close. The time-driven write is what the
+    daemon's test of the index (tests/cli/test_history_cli.py) waits for."""
+    from daemon import config as daemon_config
+    from journal.history import HistoryIndex
+    from snapshotter import process
+
+    monkeypatch.setattr(process, "HISTORY_EVERY_S", 3600.0)
+    monkeypatch.setattr(process, "MAX_RECORDS_PER_TURN", 60)
+    config = daemon_config.load(Standalone(tmp_path).config)
+    path = journal_path(config.journal_dir(), "BTCUSDT")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(n: int) -> None:  # in another process: LMDB allows one handle per file per process
+        writer = multiprocessing.get_context("spawn").Process(target=append_bids, args=(path, n))
+        writer.start()
+        writer.join(60)
+        assert writer.exitcode == 0
+
+    append(30)
+    with (
+        CheckpointStore(config.data_path / "checkpoints.lmdb") as store,
+        HistoryIndex.in_data_dir(config.data_path) as index,
+    ):
+        snapshotter = process.Snapshotter(config, store, logging.getLogger("test"), index)
+        snapshotter.initialise()
+        snapshotter.turn()
+        assert index.cursor("BTCUSDT")[0] == 30  # the first turn writes at once
+        append(50)
+        snapshotter.turn()
+        assert snapshotter.shadows[0].seq == 80
+        assert index.cursor("BTCUSDT")[0] == 30  # applied, held back
+        append(20)
+        snapshotter.turn()
+        assert index.cursor("BTCUSDT")[0] == 100  # 70 waiting: enough
+        append(10)
+        snapshotter.turn()
+        assert index.cursor("BTCUSDT")[0] == 100
+        snapshotter.close()  # what is held back goes in at the end
+        assert snapshotter.shadows[0].seq == 110
+        assert index.cursor("BTCUSDT")[0] == 110
