@@ -74,7 +74,13 @@ class Trader(threading.Thread):
         except Exception as exc:  # asserted on by the test
             self.failures.append(repr(exc))
 
-    def finish(self) -> None:
+    def finish(self, at_least: int = 10, within_s: float = 10.0) -> None:
+        """Stop, once it has `at_least` acks or after `within_s`. Its first BTCUSDT order may
+        have queued behind the whole flood (it went in after the first batch): stopping it
+        the moment the flood is journaled left it with 7 acks once, in CI."""
+        deadline = time.monotonic() + within_s
+        while len(self.acked) < at_least and self.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.stop.set()
         self.join(timeout=30)
         assert not self.is_alive()
