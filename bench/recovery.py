@@ -510,6 +510,7 @@ def main() -> int:
         durations = [float(t["duration_ms"]) for t in taken if "duration_ms" in t]
         orders = [int(t["resting_orders"]) for t in taken if "resting_orders" in t]
         sizes_b = [int(t["bytes"]) for t in taken if "bytes" in t]
+        written_b = [int(t["written"]) for t in taken if "written" in t]
         p50a, p99a, p50b, p99b = pct(base, 0.5), pct(base, 0.99), pct(busy, 0.5), pct(busy, 0.99)
         ratio = p99b / p99a if p99a else float("nan")
         print()
@@ -539,6 +540,10 @@ def main() -> int:
                          f"{statistics.median(durations):.0f} / {max(durations):.0f} ms"))  # fmt: skip
             rows.append(("   checkpoint size, resting orders",
                          f"{max(sizes_b) / 2**20:.1f} MiB, {max(orders):,}"))  # fmt: skip
+        if written_b:  # the first after the daemon's start writes every piece; then the new ones
+            rest = statistics.median(written_b[1:] or written_b)
+            rows.append(("   bytes written per checkpoint: first / median of the rest",
+                         f"{written_b[0] / 2**10:,.0f} / {rest / 2**10:,.0f} KiB"))  # fmt: skip
         for label, value in rows:
             print(f"{label:58} {value:>20}")
         print()

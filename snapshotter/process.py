@@ -329,7 +329,7 @@ class Snapshotter:
         encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), pause)
         snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), STATE_IN_PIECES, encoded.state_hash)
         try:
-            size = _paced(self.store.put_steps(snap, encoded.pieces), pause)
+            stored = _paced(self.store.put_steps(snap, encoded.pieces), pause)
         except lmdb.Error as exc:
             shadow.retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             log(self.logger, "checkpoint_failed", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq,
@@ -342,7 +342,7 @@ class Snapshotter:
         self.checkpoints += 1
         log(self.logger, "checkpoint_written", symbol=shadow.symbol, seq=shadow.seq, reason=reason,
             snapshot_id=snap.snapshot_id, resting_orders=encoded.resting_orders,
-            bytes=size,
+            bytes=stored.size, written=stored.written,
             duration_ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
         self._prune(shadow.symbol)
 

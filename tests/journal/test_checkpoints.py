@@ -1,7 +1,9 @@
-"""The checkpoint store: newest-at-or-before lookups, damage skipped for an older one."""
+"""The checkpoint store: newest-at-or-before lookups, damage skipped for an older one, each
+piece stored once and only the new ones written."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import lmdb
@@ -10,12 +12,14 @@ import pytest
 
 from engine import Engine, Instrument
 from engine.messages import NewOrder, Side
-from engine.stepwise_checkpoint import encode_steps, run_to_end
+from engine.stepwise_checkpoint import LevelEncodings, encode_steps, run_to_end
 from journal.checkpoints import (
     PART_BYTES,
     STATE_IN_PIECES,
     CheckpointStore,
     CorruptSnapshot,
+    Stored,
+    _stored_pieces,
     encode,
     new_snapshot,
 )
@@ -81,59 +85,176 @@ def test_a_state_encoded_in_steps_is_stored_as_the_same_checkpoint(tmp_path: Pat
     assert stored == one_shot and stored.state.bids and stored.state.asks
 
 
-def test_a_big_checkpoint_is_stored_in_synced_parts_and_read_back_whole(tmp_path: Path) -> None:
+def _drive(
+    steps: Generator[None, None, Stored], between: Callable[[], None] = lambda: None
+) -> tuple[Stored, int]:
+    """Run a put to its end, calling `between` at every pause; what it stored, and the pauses."""
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value, pauses
+        between()
+        pauses += 1
+
+
+def test_a_big_checkpoint_is_stored_in_synced_steps_and_read_back_whole(tmp_path: Path) -> None:
     big = _snapshot("BTC", 30, 40_000)
     raw = encode(big)
-    parts = -(-len(raw) // PART_BYTES)
-    assert parts >= 3  # else this test would not cross a part boundary
+    assert len(raw) > 3 * PART_BYTES  # else this test would not cross a transaction's size
     with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
         store.put(_snapshot("BTC", 10, 3))
-        steps = store.put_steps(big)
-        pauses = 0
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                assert done.value == len(raw)
-                break
-            pauses += 1
-            assert store.newest("BTC").seq == 10  # not there until its first part is
-        assert pauses >= parts - 1  # at least between every two parts
+
+        def not_there_yet() -> None:
+            assert store.newest("BTC").seq == 10  # not there until its last step
+
+        stored, pauses = _drive(store.put_steps(big), not_there_yet)
+        assert stored.size == len(raw) and stored.written > len(raw)  # every chunk is new
+        assert pauses >= len(raw) // PART_BYTES  # a pause after every transaction of chunks
         assert store.newest("BTC") == big and store.by_id(big.snapshot_id) == big
         assert [i.size_bytes for i in store.infos("BTC")][-1] == len(raw)
-        # Written again at the same key (a retried checkpoint), shorter: no stale parts.
+        # Written again at the same key (a retried checkpoint), shorter: nothing of it stays.
         small = msgspec.structs.replace(_snapshot("BTC", 30, 2), snapshot_id=big.snapshot_id)
         store.put(small)
         assert store.newest("BTC") == small
 
 
-def test_a_checkpoint_cut_short_between_parts_is_not_there(tmp_path: Path) -> None:
+def test_a_checkpoint_cut_short_between_steps_is_not_there(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints.lmdb"
     with CheckpointStore(path) as store:
-        store.put(_snapshot("BTC", 10, 3))
+        store.put(_snapshot("BTC", 10, 3))  # 3 orders: all inline, no chunk
         steps = store.put_steps(_snapshot("BTC", 20, 40_000))
-        next(steps)  # one part synced, then the "crash"
+        while _chunk_count(store) == 0:
+            next(steps)  # until some of its chunks are synced, then the "crash"
     with CheckpointStore(path, readonly=True) as store:
         assert store.newest("BTC").seq == 10 and [i.seq for i in store.infos("BTC")] == [10]
 
 
-def test_prune_keeps_the_newest_of_one_symbol_and_their_parts_only(tmp_path: Path) -> None:
+def _chunk_count(store: CheckpointStore) -> int:
+    with store._env.begin() as txn:
+        return txn.stat(store._chunks)["entries"]
+
+
+def _book(levels: int, per_level: int) -> Engine:
+    engine = Engine(Instrument("BTC"))
+    for i in range(levels * per_level):
+        engine.process(NewOrder(i + 1, i, "a", f"c{i}", Side.BUY, 1 + i % 7, 1000 - i % levels))
+    return engine
+
+
+def _put_engine(store: CheckpointStore, engine: Engine, seq: int, reuse: LevelEncodings) -> Stored:
+    encoded = run_to_end(encode_steps(engine, reuse=reuse))
+    snap = new_snapshot("BTC", seq, 0, STATE_IN_PIECES, encoded.state_hash)
+    stored, _ = _drive(store.put_steps(snap, encoded.pieces))
+    return stored
+
+
+def test_a_checkpoint_writes_only_the_pieces_the_store_does_not_hold(tmp_path: Path) -> None:
+    engine = _book(levels=40, per_level=100)
+    reuse = LevelEncodings()
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        first = _put_engine(store, engine, 1, reuse)
+        for i in range(10):  # ten orders at one level: one level changed of forty
+            engine.process(NewOrder(10_000 + i, 0, "b", f"d{i}", Side.BUY, 1, 999))
+        second = _put_engine(store, engine, 2, reuse)
+        assert first.written > first.size and second.size > first.size
+        assert second.written < second.size / 10
+        # The same book again, encoded afresh (a snapshotter that restarted): every piece of
+        # it is one the store holds, or inline.
+        again = _put_engine(store, engine, 3, LevelEncodings())
+        assert again.written < again.size / 5
+        one_shot = engine.checkpoint()
+        for seq in (2, 3):
+            newest = store.newest("BTC", seq)
+            assert newest is not None and newest.state == one_shot
+
+
+def test_prune_keeps_the_newest_of_one_symbol_and_the_chunks_they_use(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints.lmdb"
+    engine = _book(levels=10, per_level=200)
+    reuse = LevelEncodings()
     with CheckpointStore(path) as store:
-        for seq in (10, 20, 30, 40):
-            store.put(_snapshot("BTC", seq, 20_000 if seq == 20 else 2))  # seq 20 has parts
-        store.put(_snapshot("BTCUSDT", 5, 2))  # a symbol that starts like the other
-        assert len(encode(_snapshot("BTC", 20, 20_000))) > PART_BYTES  # so it has a part
+        store.put(_snapshot("BTC", 10, 20_000))  # chunks no later checkpoint uses
+        _put_engine(store, engine, 20, reuse)
+        steps = store.put_steps(_snapshot("BTC", 25, 30_000))
+        before = _chunk_count(store)
+        while _chunk_count(store) == before:
+            next(steps)  # a checkpoint cut short: its chunks are used by none
+        for seq in (30, 40):
+            engine.process(NewOrder(10_000 + seq, 0, "b", f"d{seq}", Side.BUY, 1, 1000))
+            _put_engine(store, engine, seq, reuse)
+        store.put(_snapshot("BTCUSDT", 5, 20_000))  # a symbol that starts like the other
+        others = _chunk_count(store)
         assert store.prune("BTC", 2) == 2
         assert [i.seq for i in store.infos("BTC")] == [30, 40]
         assert [i.seq for i in store.infos("BTCUSDT")] == [5]
+        assert store.newest("BTC").state == engine.checkpoint()
         assert store.prune("BTC", 2) == 0 and store.prune("XRP", 2) == 0
-    env = lmdb.open(str(path), subdir=False, max_dbs=3, readonly=True)
-    try:
-        with env.begin(db=env.open_db(b"checkpoint_parts")) as txn:
-            assert txn.stat(env.open_db(b"checkpoint_parts"))["entries"] == 0  # seq 20's went too
-    finally:
-        env.close()
+        left = _chunk_count(store)
+        assert left < others
+        with store._env.begin() as txn:
+            used = set()
+            for key in (b"BTC\x00" + (30).to_bytes(8, "big"), b"BTC\x00" + (40).to_bytes(8, "big"),
+                        b"BTCUSDT\x00" + (5).to_bytes(8, "big")):  # fmt: skip
+                pieces = _stored_pieces(txn.get(key, db=store._db))
+                assert pieces is not None
+                used |= {key[:-8] + digest for digest in pieces.chunks}
+            stored = {bytes(k) for k, _ in txn.cursor(db=store._chunks)}
+        assert stored == used  # every chunk left is used, and every one used is there
+
+
+def test_a_damaged_chunk_fails_every_checkpoint_that_uses_it(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.lmdb"
+    engine = _book(levels=10, per_level=200)
+    reuse = LevelEncodings()
+    with CheckpointStore(path) as store:
+        store.put(_snapshot("BTC", 10, 3))  # inline only: shares no chunk
+        _put_engine(store, engine, 20, reuse)
+        _put_engine(store, engine, 30, reuse)  # the same chunks as seq 20
+        with store._env.begin(write=True) as txn:
+            key, value = next(iter(txn.cursor(db=store._chunks)))
+            damaged = bytearray(value)
+            damaged[len(damaged) // 2] ^= 0x01
+            txn.put(key, bytes(damaged), db=store._chunks)
+        seen: list[CorruptSnapshot] = []
+        newest = store.newest("BTC", on_corrupt=seen.append)
+        assert newest is not None and newest.seq == 10
+        assert [(e.seq, e.reason) for e in seen] == [
+            (30, f"chunk {key[-32:].hex()[:16]} is damaged"),
+            (20, f"chunk {key[-32:].hex()[:16]} is damaged"),
+        ]
+        assert [i.seq for i in store.infos("BTC")] == [10]
+        with store._env.begin(write=True) as txn:
+            txn.delete(key, db=store._chunks)
+        seen.clear()
+        assert store.newest("BTC", on_corrupt=seen.append).seq == 10
+        assert {e.reason for e in seen} == {f"chunk {key[-32:].hex()[:16]} is missing"}
+
+
+def test_a_store_written_before_chunks_is_still_read_and_pruned(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.lmdb"
+    old = [_snapshot("BTC", 10, 40_000), _snapshot("BTC", 20, 2)]
+    env = lmdb.open(str(path), subdir=False, max_dbs=2, map_size=1 << 26)
+    whole_db, parts_db = env.open_db(b"checkpoints"), env.open_db(b"checkpoint_parts")
+    with env.begin(write=True) as txn:
+        for snap in old:  # as the store wrote them: the value cut at PART_BYTES into parts
+            key = b"BTC\x00" + snap.seq.to_bytes(8, "big")
+            raw = encode(snap)
+            txn.put(key, raw[:PART_BYTES], db=whole_db)
+            for number, at in enumerate(range(PART_BYTES, len(raw), PART_BYTES), 1):
+                txn.put(key + number.to_bytes(4, "big"), raw[at : at + PART_BYTES], db=parts_db)
+    env.close()
+    assert len(encode(old[0])) > 2 * PART_BYTES  # so it has parts
+    with CheckpointStore(path, readonly=True) as store:
+        assert [store.newest("BTC", s.seq) for s in old] == old
+        assert [i.size_bytes for i in store.infos("BTC")] == [len(encode(s)) for s in old]
+    with CheckpointStore(path) as store:
+        store.put(_snapshot("BTC", 30, 20_000))
+        assert store.prune("BTC", 2) == 1
+        assert [i.seq for i in store.infos("BTC")] == [20, 30]
+        with store._env.begin() as txn:
+            assert txn.stat(store._parts)["entries"] == 0  # seq 10's parts went with it
 
 
 def _stored_size(engine: Engine) -> int:
@@ -176,16 +297,8 @@ def test_a_state_in_pieces_is_stored_as_the_one_shot_checkpoint_at_every_part_ed
     one_shot = msgspec.structs.replace(pieced, state=engine.checkpoint())
     with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
         store.put(_snapshot("BTC", 1, 20_000))  # a longer one at the same key: no stale parts
-        steps = store.put_steps(pieced, encoded.pieces)
-        pauses = 0
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                assert done.value == size
-                break
-            pauses += 1
-        assert pauses == -(-size // PART_BYTES) - 1  # one after every part but the first
+        stored, _ = _drive(store.put_steps(pieced, encoded.pieces))
+        assert stored.size == size
         assert store.newest("BTC") == one_shot
         assert [i.size_bytes for i in store.infos("BTC")] == [size]
 
