@@ -27,7 +27,7 @@ from gateway import protocol as p
 from gateway.client import Client
 from journal import Journal, Record, journal_path, key
 from journal import encode as encode_record
-from journal.checkpoints import CheckpointStore, Snapshot
+from journal.checkpoints import CheckpointStore, Snapshot, new_snapshot
 from tests.e2e.conftest import ROOT, Daemon
 
 BTC = InstrumentConfig(symbol="BTCUSDT", price_decimals=2, qty_decimals=4, lot_size=1).spec()
@@ -310,6 +310,46 @@ def test_restarts_from_its_checkpoint_and_follows_a_growing_journal(standalone: 
             standalone.proc.kill()
     final = max(snapshots(standalone.data_dir, "ETHUSDT"), key=lambda s: s.seq)
     assert final.seq == 200 and final.state_hash == replayed_hash(path, ETH, 200)
+
+
+def _resting_orders(engine: Engine, first_seq: int, n: int, price: Callable[[int], int]) -> list[Record]:
+    records = []
+    for seq in range(first_seq, first_seq + n):
+        ts = 1_700_000_000_000_000_000 + seq
+        command = NewOrder(seq, ts, "bob", f"c{seq}", Side.BUY, 1, price(seq))
+        records.append(Record(seq, ts, command, engine.process(command)))
+    return records
+
+
+def test_the_checkpoint_it_starts_from_is_stored_again_in_its_own_pieces(standalone: Standalone) -> None:
+    # A book of 4,000 orders on 20 levels, checkpointed as `put` stores a whole snapshot (in
+    # 64 KiB chunks, none of which a stepwise encoding makes again).
+    path = journal_path(standalone.data_dir / "journal", "ETHUSDT")
+    engine = Engine(ETH)
+    with Journal(path) as journal:
+        journal.append(_resting_orders(engine, 1, 4_000, lambda seq: 9_980 + seq % 20))
+    original = new_snapshot("ETHUSDT", 4_000, 0, engine.checkpoint(), engine.state_hash())
+    with CheckpointStore(standalone.data_dir / "checkpoints.lmdb") as store:
+        store.put(original)
+    standalone.start()
+    try:
+        adopted = "event=checkpoint_adopted symbol=ETHUSDT seq=4000"
+        wait_until("adopted", lambda: adopted in standalone.log(), 10, standalone.log)
+        with Journal(path) as journal:  # 60 orders at one new level (checkpoint_every_records = 50)
+            journal.append(_resting_orders(engine, 4_001, 60, lambda seq: 9_970))
+        written = "event=checkpoint_written symbol=ETHUSDT seq=4060"
+        wait_until("checkpoint at 4060", lambda: written in standalone.log(), 10, standalone.log)
+        assert standalone.stop() == 0
+    finally:
+        if standalone.proc is not None and standalone.proc.poll() is None:
+            standalone.proc.kill()
+    line = next(line for line in standalone.log().splitlines() if written in line)
+    fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+    assert int(fields["written"]) < int(fields["bytes"]) / 10  # the new level, and the list
+    with CheckpointStore(standalone.data_dir / "checkpoints.lmdb", readonly=True) as store:
+        assert store.by_id(original.snapshot_id) == original  # re-cut, the same checkpoint
+        newest = store.newest("ETHUSDT")
+        assert newest is not None and newest.seq == 4_060 and newest.state == engine.checkpoint()
 
 
 def test_keeps_the_newest_checkpoints_and_deletes_older_ones(tmp_path: Path) -> None:
