@@ -303,10 +303,11 @@ def snapshotter_pid(daemon: BenchDaemon) -> int:
     raise DaemonError(f"no snapshotter pid in {path}")
 
 
-def checkpoint_lines(daemon: BenchDaemon) -> list[dict[str, str]]:
+def checkpoint_lines(daemon: BenchDaemon, *marks: str) -> list[dict[str, str]]:
+    """The fields of the snapshotter's log lines holding all of `marks`."""
     out = []
     for line in daemon.log_path.read_text(errors="replace").splitlines():
-        if "checkpoint_written" in line and "reason=requested" in line:
+        if all(mark in line for mark in marks):
             out.append(dict(kv.split("=", 1) for kv in line.split() if "=" in kv))
     return out
 
@@ -466,6 +467,7 @@ def main() -> int:
         base: list[float] = []
         busy: list[float] = []
         taken: list[dict[str, str]] = []
+        adopted: list[dict[str, str]] = []
         signals = 0
         per_window: list[str] = []  # p99 of each window, in the order run
         quiet_p99s: list[float] = []
@@ -496,7 +498,8 @@ def main() -> int:
                     if not checkpointing:
                         quiet_p99s.append(window_p99)
             time.sleep(1.0)  # let the last requested checkpoint land in the log
-            taken = checkpoint_lines(daemon)
+            taken = checkpoint_lines(daemon, "event=checkpoint_written", "reason=requested")
+            adopted = checkpoint_lines(daemon, "event=checkpoint_adopted")
         except (DaemonError, RuntimeError, OSError) as exc:
             problems.append(f"daemon: {type(exc).__name__}: {exc}")
         finally:
@@ -540,10 +543,13 @@ def main() -> int:
                          f"{statistics.median(durations):.0f} / {max(durations):.0f} ms"))  # fmt: skip
             rows.append(("   checkpoint size, resting orders",
                          f"{max(sizes_b) / 2**20:.1f} MiB, {max(orders):,}"))  # fmt: skip
-        if written_b:  # the first after the daemon's start writes every piece; then the new ones
-            rest = statistics.median(written_b[1:] or written_b)
-            rows.append(("   bytes written per checkpoint: first / median of the rest",
-                         f"{written_b[0] / 2**10:,.0f} / {rest / 2**10:,.0f} KiB"))  # fmt: skip
+        if written_b:
+            median_kib, max_kib = statistics.median(written_b) / 2**10, max(written_b) / 2**10
+            rows.append(("   bytes written per checkpoint: median / max",
+                         f"{median_kib:,.0f} / {max_kib:,.0f} KiB"))  # fmt: skip
+        for line in adopted:  # before READY: the restored checkpoint, cut into the snapshotter's pieces
+            rows.append(("   at start-up, the restored checkpoint stored again: written, ms",
+                         f"{int(line['written']) / 2**10:,.0f} KiB, {line['duration_ms']} ms"))  # fmt: skip
         for label, value in rows:
             print(f"{label:58} {value:>20}")
         print()

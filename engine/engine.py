@@ -725,19 +725,40 @@ def _order_id(order: Order) -> int:
     return order_id
 
 
-def resting_in(level: Level, step: int, newest: int = -1) -> Iterator[list[RestingOrder]]:
-    """`level`'s orders as `Engine.checkpoint()` lists them, in lists of at most `step`;
-    only its last `newest` ones if that is given."""
-    chunk: list[RestingOrder] = []
+# Where a checkpoint's pieces of a level end (engine/stepwise_checkpoint.py): after an order
+# whose id `ends_run` picks, one in 64 on average, or after MAX_RUN_ORDERS in a row. The
+# boundaries depend on the orders alone, not on when or by which process the level was last
+# encoded, so the same orders always make the same pieces, which the checkpoint store keeps
+# once. A Fibonacci hash of the id, so no regular pattern of ids (every 64th order of a
+# quoting client) puts every order of a level at a boundary, or none.
+RUN_HASH = 0x9E3779B97F4A7C15
+RUN_BITS = 6
+MAX_RUN_ORDERS = 1_000
+
+
+def ends_run(order_id: int) -> bool:
+    return ((order_id * RUN_HASH) & 0xFFFF_FFFF_FFFF_FFFF) >> (64 - RUN_BITS) == 0
+
+
+def resting_runs(
+    level: Level, newest: int = -1, run_so_far: int = 0
+) -> Iterator[tuple[list[RestingOrder], bool]]:
+    """`level`'s orders as `Engine.checkpoint()` lists them, in runs that end where `ends_run`
+    says or after MAX_RUN_ORDERS; with each, whether it ended so (else the level ended it).
+    Only its last `newest` orders if that is given: they continue a run of `run_so_far`."""
+    run: list[RestingOrder] = []
+    length = run_so_far
     order = level.head if newest < 0 else level.last(newest)
     while order is not None:
-        chunk.append(_resting(order))
-        if len(chunk) == step:
-            yield chunk
-            chunk = []
+        run.append(_resting(order))
+        length += 1
+        if ends_run(order.order_id) or length >= MAX_RUN_ORDERS:
+            yield run, True
+            run = []
+            length = 0
         order = order.next
-    if chunk:
-        yield chunk
+    if run:
+        yield run, False
 
 
 def _resting(order: Order) -> RestingOrder:

@@ -9,9 +9,14 @@ x1.1 for the same work in 1 ms slices with a pause between).
 
 `encode_steps` yields after every small step so that its caller can pause between them; it
 reads no clock (the caller does the pacing) and the book must not change until it returns.
-What it returns is byte for byte `msgpack(engine.checkpoint())`, in pieces (each within one
-level, of at most `STEP_ORDERS` orders), and its state hash. Given the `LevelEncodings` of
-the previous checkpoint, it encodes only the orders that came or changed since.
+What it returns is byte for byte `msgpack(engine.checkpoint())`, in pieces, and its state
+hash. A level's pieces are runs of its orders that end where the orders say
+(`engine.resting_runs`: about 64 orders each), so the same orders make the same pieces in
+any checkpoint of any process, and the checkpoint store keeps each once and writes only
+new ones. Given the `LevelEncodings` of the previous checkpoint, it encodes only the levels
+that changed since, and of a level only appended to, only the new orders: they extend its
+last, open run as one more piece, and a run that closes becomes one piece, its pieces
+joined (the bytes of a list's items are the bytes of its parts' items, one after another).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import NamedTuple
 import msgspec
 
 from engine.book import Level
-from engine.engine import Engine, resting_in
+from engine.engine import Engine, resting_runs
 from engine.messages import RestingOrder
 
 # Orders walked and encoded per step: 0.25 ms of one core in a quiet process here, about
@@ -32,9 +37,9 @@ STEP_ORDERS = 1_000
 # Reused bytes that cost about as much to hash (SHA-256, about 1.7 GB/s) as one order
 # costs to walk and encode.
 REUSED_BYTES_PER_ORDER = 1_000
-# Pieces kept per level before they are joined into one: each checkpoint of a level that
-# was only appended to adds one, and each piece costs the store's writer a turn of its loop.
-MAX_PIECES_PER_LEVEL = 16
+# Pieces an open run may be in before they are joined: a level appended to checkpoint after
+# checkpoint adds one each time until one of its new orders closes the run.
+MAX_OPEN_PIECES = 8
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -55,8 +60,12 @@ class EncodedState(NamedTuple):
 class EncodedLevel(NamedTuple):
     version: int  # the level's version and reshapes when it was encoded
     reshapes: int
-    pieces: tuple[bytes, ...]  # msgpack of its orders without an array header, in chunks
+    pieces: tuple[bytes, ...]  # msgpack of its orders without an array header: closed runs,
+    # one piece each, then its open run (which the level's end, not an order, ended) in
+    # `open_pieces` pieces
     orders: int
+    open_orders: int
+    open_pieces: int
 
 
 class LevelEncodings:
@@ -64,8 +73,7 @@ class LevelEncodings:
 
     A level at the version it was encoded at holds the same orders in the same state
     (`Level.version`), so its bytes still hold; one with only appends since (the same
-    `Level.reshapes`) needs just its newest orders encoded after them. A checkpoint encodes
-    only the orders that came or changed since the last one. Levels are keyed by identity (a
+    `Level.reshapes`) needs just its newest orders encoded. Levels are keyed by identity (a
     level dropped and made again at the same price is a new object, at version 0), and only
     the levels of the last checkpoint are kept.
     """
@@ -102,20 +110,27 @@ def encode_steps(
         for level in side.levels_best_first():
             encoded = known.get(level)
             if encoded is None or encoded.version != level.version:
-                made: list[bytes] = []
-                newest = -1  # all of the level's orders
-                if encoded is not None and encoded.reshapes == level.reshapes:
-                    made, newest = list(encoded.pieces), level.live - encoded.orders  # appends only
-                for chunk in resting_in(level, step, newest):
-                    made.append(_array_items(chunk))
-                    work += len(chunk)
+                closed: list[bytes] = []
+                open_run: list[bytes] = []
+                open_orders, newest = 0, -1  # all of the level's orders
+                if encoded is not None and encoded.reshapes == level.reshapes:  # appends only
+                    cut = len(encoded.pieces) - encoded.open_pieces
+                    closed, open_run = list(encoded.pieces[:cut]), list(encoded.pieces[cut:])
+                    open_orders, newest = encoded.open_orders, level.live - encoded.orders
+                for run, ended in resting_runs(level, newest, open_orders):
+                    open_run.append(_array_items(run))
+                    open_orders += len(run)
+                    if ended:
+                        closed.append(b"".join(open_run))
+                        open_run, open_orders = [], 0
+                    work += len(run)
                     if work >= step:
                         yield
                         work = 0
-                if len(made) > MAX_PIECES_PER_LEVEL:  # a level appended to checkpoint after checkpoint
-                    made = [b"".join(made)]
-                    work += len(made[0]) // REUSED_BYTES_PER_ORDER
-                encoded = EncodedLevel(level.version, level.reshapes, tuple(made), level.live)
+                if len(open_run) > MAX_OPEN_PIECES:
+                    open_run = [b"".join(open_run)]
+                encoded = EncodedLevel(level.version, level.reshapes, (*closed, *open_run), level.live,
+                                       open_orders, len(open_run))  # fmt: skip
             kept[level] = encoded
             for piece in encoded.pieces:
                 pieces.append(piece)

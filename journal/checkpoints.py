@@ -8,7 +8,7 @@ record; a checkpoint is only an accelerator, so a damaged one is skipped (for an
 or for a full replay) — never trusted.
 
 How it is stored: the msgpack comes in pieces (`stepwise_checkpoint` makes one per run of
-a level's orders), and a piece is stored once, as a chunk under its SHA-256, however many
+a level's orders), and a piece is stored once, as a chunk under its digest (SHA-256), however many
 checkpoints hold it. The value under the checkpoint's key is a `StoredPieces`: the digests
 of its chunks and the short pieces inline. A checkpoint of a 100,000-order book in which a
 thousand orders came since the last one writes a few hundred KiB, not the 5.8 MiB of the
@@ -41,14 +41,16 @@ _DB = b"checkpoints"
 # Stores written before chunks: a value longer than 256 KiB continued here under its key +
 # 4-byte part number (1, 2, ...). Read, and deleted with its checkpoint; no longer written.
 _PARTS_DB = b"checkpoint_parts"
-# The pieces of checkpoints, each once: key = symbol, NUL, SHA-256 of the piece.
+# The pieces of checkpoints, each once: key = symbol, NUL, digest of the piece (`_digest`).
 _CHUNKS_DB = b"checkpoint_chunks"
 # New chunks per synced transaction: one transaction of a whole big book (5.8 MiB for
 # 133,000 orders) would make every matcher's journal fsync queue behind it.
 PART_BYTES = 1 << 18
-# Pieces shorter than this are kept in the checkpoint's own value: a chunk costs its digest
-# in the value and its key in the store, more than a short piece saves.
-INLINE_BYTES = 256
+# Pieces shorter than this are kept in the checkpoint's own value (array headers, the
+# fields around the book): a chunk costs its digest in the value and a key in the store.
+# Longer ones are not: an inline piece is written again by every checkpoint that holds it
+# (at 256 bytes, 31-55 KiB of every checkpoint of the bench's book; at 64, 2 KiB).
+INLINE_BYTES = 64
 # A piece longer than PART_BYTES (a whole snapshot handed to `put`) is cut into chunks of
 # this size.
 CHUNK_BYTES = 1 << 16
@@ -56,7 +58,9 @@ CHUNK_BYTES = 1 << 16
 PIECES_PER_STEP = 256
 FILE_NAME = "checkpoints.lmdb"  # in the data directory, beside journal/
 _CRC = 4
-_DIGEST = 32  # SHA-256
+# A chunk's key: the first 16 bytes of its SHA-256 (the odds of any collision among 2^32
+# chunks: about 2^-65), 16 bytes less per chunk in every checkpoint's list of them.
+_DIGEST = 16
 # What a `StoredPieces` value holds first, where a whole stored `Snapshot` holds its
 # snapshot id (a UUID): which of the two a value is.
 PIECES_MARKER = "clobd.checkpoint.pieces.v1"
@@ -88,7 +92,7 @@ class StoredPieces(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """What a checkpoint's key holds (after its CRC32): its msgpack as pieces, in order."""
 
     marker: str  # PIECES_MARKER
-    chunks: list[bytes]  # SHA-256 of each chunk it uses, once each (all that `prune` reads)
+    chunks: list[bytes]  # the digest of each chunk it uses, once each (all `prune` reads)
     layout: list[bytes | int]  # the pieces: inline bytes, or an index into `chunks`
 
 
@@ -193,6 +197,10 @@ def _split(key: bytes | memoryview) -> tuple[str, int]:
     return raw[:-9].decode(errors="replace"), int.from_bytes(raw[-8:], "big")
 
 
+def _digest(piece: bytes | memoryview) -> bytes:
+    return hashlib.sha256(piece).digest()[:_DIGEST]
+
+
 def _chunk_prefix(key: bytes | memoryview) -> bytes:
     """Where the chunks of the checkpoint at `key` are: its symbol and NUL, as stored."""
     return bytes(key)[:-8]
@@ -231,7 +239,7 @@ class CheckpointStore:
         self, path: str | os.PathLike[str], *, readonly: bool = False, map_size: int = 1 << 34
     ) -> None:
         self.path = Path(path)
-        self._digests: dict[bytes, bytes] = {}  # the last put's pieces -> their SHA-256
+        self._digests: dict[bytes, bytes] = {}  # the last put's pieces -> their digests
         if readonly and not self.path.exists():
             raise FileNotFoundError(f"no checkpoint store at {self.path}")
         if not readonly:
@@ -302,7 +310,7 @@ class CheckpointStore:
             if len(piece) < INLINE_BYTES:
                 layout.append(piece)
                 continue
-            digest = self._digests.get(piece) or hashlib.sha256(piece).digest()
+            digest = self._digests.get(piece) or _digest(piece)
             digests[piece] = digest
             layout.append(chunks.setdefault(digest, len(chunks)))
             if n % PIECES_PER_STEP == 0:
@@ -429,7 +437,7 @@ class CheckpointStore:
             chunk = None if self._chunks is None else txn.get(prefix + digest, db=self._chunks)
             if chunk is None:
                 raise CorruptSnapshot(*_split(key), f"chunk {digest.hex()[:16]} is missing")
-            if hashlib.sha256(chunk).digest() != digest:
+            if _digest(chunk) != digest:
                 raise CorruptSnapshot(*_split(key), f"chunk {digest.hex()[:16]} is damaged")
             out.append(chunk)
         return out

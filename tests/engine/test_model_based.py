@@ -28,6 +28,7 @@ from engine.messages import (
 )
 from engine.stepwise_checkpoint import LevelEncodings, encode_steps, run_to_end
 from tests.engine.reference_model import Model, normalise
+from tests.engine.test_stepwise_checkpoint import runs
 
 SPEC = Instrument(
     "TEST", tick_size=5, lot_size=10, min_qty=10, max_qty=500, min_price=50, max_price=150, band_bps=0
@@ -213,10 +214,16 @@ class EngineVersusModel(RuleBasedStateMachine):
 
     @invariant()
     def reused_encodings_are_current(self) -> None:
-        """A checkpoint that reuses the levels the previous one encoded is the checkpoint:
-        every change to a resting order moved its level's version."""
+        """A checkpoint that reuses the levels the previous one encoded is the checkpoint,
+        in the runs an encoding from scratch makes: every change to a resting order moved its
+        level's version, and every change but an append its reshapes."""
         encoded = run_to_end(encode_steps(self.engine, 3, self.encodings))
         assert encoded.state == msgspec.msgpack.encode(self.engine.checkpoint())
+        fresh = LevelEncodings()
+        run_to_end(encode_steps(self.engine, 3, fresh))
+        assert {lv: runs(e) for lv, e in self.encodings.levels.items()} == {
+            lv: runs(e) for lv, e in fresh.levels.items()
+        }
 
     @invariant()
     def twin_agrees(self) -> None:

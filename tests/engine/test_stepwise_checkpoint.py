@@ -8,9 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Engine
+from engine.engine import MAX_RUN_ORDERS, ends_run, resting_runs
 from engine.messages import Cancel, Checkpoint, NewOrder, Side
 from engine.stepwise_checkpoint import (
-    MAX_PIECES_PER_LEVEL,
+    MAX_OPEN_PIECES,
+    EncodedLevel,
     LevelEncodings,
     _array_header,
     encode_steps,
@@ -66,7 +68,20 @@ def test_reusing_levels_gives_the_same_checkpoint(seed: int, every: int, step: i
         encoded = run_to_end(encode_steps(engine, step, encodings))
         assert encoded.state == msgspec.msgpack.encode(engine.checkpoint())
         assert encoded.state_hash == engine.state_hash()
+        # Cut where the orders say, not where the last checkpoint happened to end: the runs
+        # an encoding from scratch makes (which the checkpoint store then shares).
+        fresh = LevelEncodings()
+        run_to_end(encode_steps(engine, step, fresh))
+        reused = {lv: runs(e) for lv, e in encodings.levels.items()}
+        assert reused == {lv: runs(e) for lv, e in fresh.levels.items()}
+        assert all(e.open_pieces <= 1 for e in fresh.levels.values())
     assert len(encodings.levels) == len(engine.bids.levels) + len(engine.asks.levels)
+
+
+def runs(encoded: EncodedLevel) -> list[bytes]:
+    """A level's runs as an encoding from scratch has them: its open run in one piece."""
+    cut = len(encoded.pieces) - encoded.open_pieces
+    return [*encoded.pieces[:cut], *([b"".join(encoded.pieces[cut:])] if encoded.open_pieces else [])]
 
 
 def test_only_the_levels_that_changed_are_encoded_again() -> None:
@@ -97,19 +112,46 @@ def test_a_level_only_appended_to_encodes_just_its_new_orders() -> None:
     run_to_end(encode_steps(engine, 5, encodings))
     level = next(lv for lv in engine.asks.levels_best_first() if lv.live > 1)
     account = "e"  # trades with nobody: the asks it joins are above every bid
-    for i in range(MAX_PIECES_PER_LEVEL + 5):
+    closed_runs = 0
+    for i in range(300):
         before = encodings.levels[level]
         seq = engine.last_seq + 1
+        oid = engine.next_order_id
         engine.process(NewOrder(seq, seq, account, f"more{i}", Side.SELL, 1 + i, level.price))
         encoded = run_to_end(encode_steps(engine, 5, encodings))
         assert encoded.state == msgspec.msgpack.encode(engine.checkpoint())
         after = encodings.levels[level]
+        new = msgspec.msgpack.encode([engine.order(oid)])[1:]
         assert after.orders == before.orders + 1
-        if len(after.pieces) > 1:  # the old pieces, as they were, then the one new order's
-            assert all(a is b for a, b in zip(after.pieces, before.pieces, strict=False))
-            assert after.pieces[-1] == msgspec.msgpack.encode([engine.order(level.tail.order_id)])[1:]
-        assert len(after.pieces) <= MAX_PIECES_PER_LEVEL
-    assert len(encodings.levels[level].pieces) < MAX_PIECES_PER_LEVEL  # joined on the way
+        cut = len(before.pieces) - before.open_pieces
+        assert all(a is b for a, b in zip(after.pieces, before.pieces[:cut], strict=False))  # as they were
+        if ends_run(oid):  # the open run closes: one piece, its pieces and the new order's
+            assert after.pieces[cut:] == (b"".join((*before.pieces[cut:], new)),)
+            assert (after.open_orders, after.open_pieces) == (0, 0)
+            closed_runs += 1
+        elif before.open_pieces < MAX_OPEN_PIECES:  # one more piece in the open run
+            assert after.pieces[cut:] == (*before.pieces[cut:], new)
+            assert all(a is b for a, b in zip(after.pieces[cut:], before.pieces[cut:], strict=False))
+        else:  # too many: joined into one
+            assert after.pieces[cut:] == (b"".join((*before.pieces[cut:], new)),)
+        assert after.open_orders == (0 if ends_run(oid) else before.open_orders + 1)
+    assert closed_runs > 0  # the level's runs did close along the way
+
+
+def test_runs_end_where_the_order_ids_say() -> None:
+    engine = Engine(SPEC)
+    for i in range(3_000):  # one level
+        engine.process(NewOrder(i + 1, i + 1, "a", f"c{i}", Side.BUY, 1, 100))
+    level = engine.bids.levels[100]
+    runs = list(resting_runs(level))
+    assert [o for orders, _ in runs for o in orders] == engine.checkpoint().bids
+    for orders, ended in runs[:-1]:
+        assert ended and (ends_run(orders[-1].order_id) or len(orders) == MAX_RUN_ORDERS)
+    for orders, _ in runs:
+        assert not any(ends_run(o.order_id) for o in orders[:-1])
+    assert 3_000 // 64 // 2 < len(runs) < 3_000 // 64 * 2  # about one order in 64 ends a run
+    last, ended = runs[-1]
+    assert ended == ends_run(last[-1].order_id)
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 65_535, 65_536, 70_000])

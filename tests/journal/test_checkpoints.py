@@ -123,9 +123,10 @@ def test_a_big_checkpoint_is_stored_in_synced_steps_and_read_back_whole(tmp_path
 def test_a_checkpoint_cut_short_between_steps_is_not_there(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints.lmdb"
     with CheckpointStore(path) as store:
-        store.put(_snapshot("BTC", 10, 3))  # 3 orders: all inline, no chunk
+        store.put(_snapshot("BTC", 10, 3))
         steps = store.put_steps(_snapshot("BTC", 20, 40_000))
-        while _chunk_count(store) == 0:
+        before = _chunk_count(store)
+        while _chunk_count(store) == before:
             next(steps)  # until some of its chunks are synced, then the "crash"
     with CheckpointStore(path, readonly=True) as store:
         assert store.newest("BTC").seq == 10 and [i.seq for i in store.infos("BTC")] == [10]
@@ -209,27 +210,31 @@ def test_a_damaged_chunk_fails_every_checkpoint_that_uses_it(tmp_path: Path) -> 
     engine = _book(levels=10, per_level=200)
     reuse = LevelEncodings()
     with CheckpointStore(path) as store:
-        store.put(_snapshot("BTC", 10, 3))  # inline only: shares no chunk
+        store.put(_snapshot("BTC", 10, 3))  # a different book: shares no chunk
         _put_engine(store, engine, 20, reuse)
         _put_engine(store, engine, 30, reuse)  # the same chunks as seq 20
         with store._env.begin(write=True) as txn:
-            key, value = next(iter(txn.cursor(db=store._chunks)))
-            damaged = bytearray(value)
+            ten, twenty = (_stored_pieces(txn.get(b"BTC\x00" + seq.to_bytes(8, "big"), db=store._db))
+                           for seq in (10, 20))  # fmt: skip
+            assert ten is not None and twenty is not None
+            key = b"BTC\x00" + twenty.chunks[-1]
+            assert twenty.chunks[-1] not in ten.chunks
+            damaged = bytearray(txn.get(key, db=store._chunks))
             damaged[len(damaged) // 2] ^= 0x01
             txn.put(key, bytes(damaged), db=store._chunks)
         seen: list[CorruptSnapshot] = []
         newest = store.newest("BTC", on_corrupt=seen.append)
         assert newest is not None and newest.seq == 10
         assert [(e.seq, e.reason) for e in seen] == [
-            (30, f"chunk {key[-32:].hex()[:16]} is damaged"),
-            (20, f"chunk {key[-32:].hex()[:16]} is damaged"),
+            (30, f"chunk {key[-16:].hex()[:16]} is damaged"),
+            (20, f"chunk {key[-16:].hex()[:16]} is damaged"),
         ]
         assert [i.seq for i in store.infos("BTC")] == [10]
         with store._env.begin(write=True) as txn:
             txn.delete(key, db=store._chunks)
         seen.clear()
         assert store.newest("BTC", on_corrupt=seen.append).seq == 10
-        assert {e.reason for e in seen} == {f"chunk {key[-32:].hex()[:16]} is missing"}
+        assert {e.reason for e in seen} == {f"chunk {key[-16:].hex()[:16]} is missing"}
 
 
 def test_a_store_written_before_chunks_is_still_read_and_pruned(tmp_path: Path) -> None:
