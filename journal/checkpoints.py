@@ -294,10 +294,10 @@ class CheckpointStore:
 
         `state`: the msgpack of the snapshot's state in pieces, for a snapshot made with
         STATE_IN_PIECES. Only the chunks the store does not hold yet are written, at most
-        PART_BYTES of them per synced transaction; the last transaction replaces whatever
-        was at this checkpoint's key (one written before, or one cut short by a crash) with
-        its StoredPieces. A crash before that leaves chunks no checkpoint uses: `prune`
-        deletes them.
+        PART_BYTES of them per synced transaction; the last transaction (often the only one)
+        also replaces whatever was at this checkpoint's key (one written before, or one cut
+        short by a crash) with its StoredPieces. A crash before that leaves chunks no
+        checkpoint uses: `prune` deletes them.
         """
         key = _key(snapshot.symbol, snapshot.seq)
         prefix = _chunk_prefix(key)
@@ -315,19 +315,24 @@ class CheckpointStore:
             layout.append(chunks.setdefault(digest, len(chunks)))
             if n % PIECES_PER_STEP == 0:
                 yield
+        batches = list(self._new_chunks(prefix, digests))
         written = 0
-        for batch in self._new_chunks(prefix, digests):
+        for batch in batches[:-1]:
             with self._env.begin(write=True) as txn:
-                for digest, piece in batch:
-                    txn.put(prefix + digest, piece, db=self._chunks)
-                    written += len(piece)
+                written += self._put_chunks(txn, prefix, batch)
             yield
         value = _encoder.encode(StoredPieces(PIECES_MARKER, list(chunks), layout))
-        with self._env.begin(write=True) as txn:
+        with self._env.begin(write=True) as txn:  # one synced commit: most checkpoints need no other
+            written += self._put_chunks(txn, prefix, batches[-1] if batches else [])
             self._remove(txn, key)
             txn.put(key, zlib.crc32(value).to_bytes(_CRC, "big") + value, db=self._db)
         self._digests = digests
         return Stored(size, written + _CRC + len(value))
+
+    def _put_chunks(self, txn: lmdb.Transaction, prefix: bytes, batch: list[tuple[bytes, bytes]]) -> int:
+        for digest, piece in batch:
+            txn.put(prefix + digest, piece, db=self._chunks)
+        return sum(len(piece) for _, piece in batch)
 
     def _new_chunks(self, prefix: bytes, digests: dict[bytes, bytes]) -> Iterator[list[tuple[bytes, bytes]]]:
         """The pieces of `digests` the store does not hold yet, in batches of at most
