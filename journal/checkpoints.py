@@ -54,8 +54,20 @@ INLINE_BYTES = 64
 # A piece longer than PART_BYTES (a whole snapshot handed to `put`) is cut into chunks of
 # this size.
 CHUNK_BYTES = 1 << 16
-# Pieces digested (or looked up) between two yields of `put_steps`.
+# Short pieces side by side (a book of one-order levels is all of them) are joined into one
+# stored piece, ended after a piece whose CRC32 has its low GROUP_BITS zero (one in 64) or
+# at GROUP_BYTES: where a group ends depends on its pieces alone, so an unchanged stretch of
+# the book is the same group again. Else every one of them would be inline, in a value
+# written whole by every checkpoint.
+GROUP_BITS = 6
+GROUP_BYTES = 4096
+# Pieces digested between two yields of `put_steps`.
 PIECES_PER_STEP = 256
+# Of the chunks a checkpoint uses that the store already holds, it reads back one in
+# SCRUB_EVERY (by digest, a different sixteenth each time) and rewrites any that no longer
+# match their digest: a damaged chunk fails every checkpoint that lists it, and would be
+# listed again and again. Within SCRUB_EVERY checkpoints every chunk in use is checked.
+SCRUB_EVERY = 16
 FILE_NAME = "checkpoints.lmdb"  # in the data directory, beside journal/
 _CRC = 4
 # A chunk's key: the first 16 bytes of its SHA-256 (the odds of any collision among 2^32
@@ -99,6 +111,7 @@ class StoredPieces(msgspec.Struct, array_like=True, frozen=True, gc=False):
 class Stored(msgspec.Struct, frozen=True):
     size: int  # bytes of the checkpoint (CRC32 + msgpack Snapshot), as `decode` reads it
     written: int  # bytes this write added: new chunks and the value that lists them
+    repaired: int = 0  # chunks it found stored but damaged, and wrote again
 
 
 class _Marker(msgspec.Struct, array_like=True):
@@ -206,14 +219,46 @@ def _chunk_prefix(key: bytes | memoryview) -> bytes:
     return bytes(key)[:-8]
 
 
-def _cut(pieces: list[bytes]) -> Iterator[bytes]:
-    """`pieces`, those longer than PART_BYTES cut into CHUNK_BYTES each: no chunk is more
-    than one synced transaction should write."""
+def _stored_as(pieces: list[bytes]) -> Iterator[bytes]:
+    """`pieces` as they are stored: those longer than PART_BYTES cut into CHUNK_BYTES each
+    (no chunk is more than one synced transaction should write), and short ones side by side
+    joined into groups (GROUP_BITS, GROUP_BYTES)."""
+    group: list[bytes] = []
+    size = 0
     for piece in pieces:
-        if len(piece) <= PART_BYTES:
-            yield piece
-        else:
-            yield from (piece[at : at + CHUNK_BYTES] for at in range(0, len(piece), CHUNK_BYTES))
+        if len(piece) >= INLINE_BYTES:
+            if group:
+                yield b"".join(group)
+                group, size = [], 0
+            if len(piece) <= PART_BYTES:
+                yield piece
+            else:
+                yield from (piece[at : at + CHUNK_BYTES] for at in range(0, len(piece), CHUNK_BYTES))
+            continue
+        group.append(piece)
+        size += len(piece)
+        if size >= GROUP_BYTES or zlib.crc32(piece) & _GROUP_MASK == 0:
+            yield b"".join(group)
+            group, size = [], 0
+    if group:
+        yield b"".join(group)
+
+
+_GROUP_MASK = (1 << GROUP_BITS) - 1
+
+
+def _batches(new: list[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
+    """`new` (digest, piece) in batches of at most PART_BYTES (or one piece)."""
+    batch: list[tuple[bytes, bytes]] = []
+    size = 0
+    for digest, piece in new:
+        if batch and size + len(piece) > PART_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append((digest, piece))
+        size += len(piece)
+    if batch:
+        yield batch
 
 
 def _stored_pieces(value: bytes | memoryview | None) -> StoredPieces | None:
@@ -239,7 +284,9 @@ class CheckpointStore:
         self, path: str | os.PathLike[str], *, readonly: bool = False, map_size: int = 1 << 34
     ) -> None:
         self.path = Path(path)
-        self._digests: dict[bytes, bytes] = {}  # the last put's pieces -> their digests
+        # Per symbol (chunk prefix): the last put's pieces -> their digests, and its turn.
+        self._digests: dict[bytes, dict[bytes, bytes]] = {}
+        self._turns: dict[bytes, int] = {}
         if readonly and not self.path.exists():
             raise FileNotFoundError(f"no checkpoint store at {self.path}")
         if not readonly:
@@ -287,35 +334,39 @@ class CheckpointStore:
                 return stored
 
     def put_steps(
-        self, snapshot: Snapshot, state: Sequence[bytes] | None = None
+        self, snapshot: Snapshot, state: Sequence[bytes] | None = None, *, scrub_every: int = SCRUB_EVERY
     ) -> Generator[None, None, Stored]:
         """`put`, yielding between bounded steps (digests taken, a synced transaction of new
         chunks), so that the caller can pause between them.
 
         `state`: the msgpack of the snapshot's state in pieces, for a snapshot made with
-        STATE_IN_PIECES. Only the chunks the store does not hold yet are written, at most
-        PART_BYTES of them per synced transaction; the last transaction (often the only one)
-        also replaces whatever was at this checkpoint's key (one written before, or one cut
-        short by a crash) with its StoredPieces. A crash before that leaves chunks no
-        checkpoint uses: `prune` deletes them.
+        STATE_IN_PIECES. Only the chunks the store does not hold yet are written (and those
+        of the ones it reads back, one in `scrub_every`, that no longer match their
+        digest), at most PART_BYTES of them per synced transaction; the last transaction
+        (often the only one) also replaces whatever was at this checkpoint's key (one
+        written before, or one cut short by a crash) with its StoredPieces. A crash before
+        that leaves chunks no checkpoint uses, for `prune` to delete. Only one process
+        writes a store (the snapshotter): what it found stored is still there when it writes.
         """
         key = _key(snapshot.symbol, snapshot.seq)
         prefix = _chunk_prefix(key)
+        known = self._digests.get(prefix, {})
         chunks: dict[bytes, int] = {}  # digest -> its index in StoredPieces.chunks
         layout: list[bytes | int] = []
         digests: dict[bytes, bytes] = {}  # piece -> digest, for the next checkpoint
         size = _CRC
-        for n, piece in enumerate(_cut(_payload(snapshot, state)), 1):
+        for n, piece in enumerate(_stored_as(_payload(snapshot, state)), 1):
             size += len(piece)
             if len(piece) < INLINE_BYTES:
                 layout.append(piece)
                 continue
-            digest = self._digests.get(piece) or _digest(piece)
+            digest = known.get(piece) or _digest(piece)
             digests[piece] = digest
             layout.append(chunks.setdefault(digest, len(chunks)))
             if n % PIECES_PER_STEP == 0:
                 yield
-        batches = list(self._new_chunks(prefix, digests))
+        new, repaired = self._to_write(prefix, digests, scrub_every)
+        batches = list(_batches(new))
         written = 0
         for batch in batches[:-1]:
             with self._env.begin(write=True) as txn:
@@ -326,34 +377,47 @@ class CheckpointStore:
             written += self._put_chunks(txn, prefix, batches[-1] if batches else [])
             self._remove(txn, key)
             txn.put(key, zlib.crc32(value).to_bytes(_CRC, "big") + value, db=self._db)
-        self._digests = digests
-        return Stored(size, written + _CRC + len(value))
+        self._digests[prefix] = digests
+        return Stored(size, written + _CRC + len(value), repaired)
 
     def _put_chunks(self, txn: lmdb.Transaction, prefix: bytes, batch: list[tuple[bytes, bytes]]) -> int:
         for digest, piece in batch:
             txn.put(prefix + digest, piece, db=self._chunks)
         return sum(len(piece) for _, piece in batch)
 
-    def _new_chunks(self, prefix: bytes, digests: dict[bytes, bytes]) -> Iterator[list[tuple[bytes, bytes]]]:
-        """The pieces of `digests` the store does not hold yet, in batches of at most
-        PART_BYTES (or one piece)."""
-        with self._env.begin(db=self._chunks) as txn:
+    def _to_write(
+        self, prefix: bytes, digests: dict[bytes, bytes], scrub_every: int
+    ) -> tuple[list[tuple[bytes, bytes]], int]:
+        """The (digest, piece) of `digests` the store does not hold, or holds damaged (of those
+        read back this turn); and how many of them were damaged."""
+        turn = self._turns[prefix] = self._turns.get(prefix, -1) + 1
+        new: list[tuple[bytes, bytes]] = []
+        repaired = 0
+        with self._env.begin(db=self._chunks, buffers=True) as txn:
             cursor = txn.cursor()
-            new = [(d, p) for p, d in digests.items() if not cursor.set_key(prefix + d)]
-        batch: list[tuple[bytes, bytes]] = []
-        size = 0
-        for digest, piece in new:
-            if batch and size + len(piece) > PART_BYTES:
-                yield batch
-                batch, size = [], 0
-            batch.append((digest, piece))
-            size += len(piece)
-        if batch:
-            yield batch
+            for piece, digest in digests.items():
+                if not cursor.set_key(prefix + digest):
+                    new.append((digest, piece))
+                elif digest[0] % scrub_every == turn % scrub_every and _digest(cursor.value()) != digest:
+                    new.append((digest, piece))
+                    repaired += 1
+        return new, repaired
 
     def prune(self, symbol: str, keep: int) -> int:
         """Delete all but `symbol`'s newest `keep` checkpoints, and the chunks only they
         used, in one synced transaction; how many checkpoints were deleted."""
+        steps = self.prune_steps(symbol, keep)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                deleted: int = done.value
+                return deleted
+
+    def prune_steps(self, symbol: str, keep: int) -> Generator[None, None, int]:
+        """`prune`, yielding after each kept checkpoint's list of chunks is read (its write
+        transaction stays open across: the store has no other writer, readers see the store
+        as it was until it commits)."""
         prefix = symbol.encode() + b"\x00"
         with self._env.begin(write=True) as txn:
             keys = self._keys(txn, prefix)
@@ -361,7 +425,7 @@ class CheckpointStore:
             for key in old:
                 self._remove(txn, key)
             if old:
-                self._sweep(txn, prefix, kept)
+                yield from self._sweep(txn, prefix, kept)
         return len(old)
 
     def _keys(self, txn: lmdb.Transaction, prefix: bytes) -> list[bytes]:
@@ -377,13 +441,14 @@ class CheckpointStore:
                     keys.append(key)
         return keys
 
-    def _sweep(self, txn: lmdb.Transaction, prefix: bytes, kept: list[bytes]) -> None:
+    def _sweep(self, txn: lmdb.Transaction, prefix: bytes, kept: list[bytes]) -> Generator[None, None, None]:
         """Delete the chunks under `prefix` that none of the checkpoints `kept` uses."""
         used: set[bytes] = set()
         for key in kept:
             pieces = _stored_pieces(txn.get(key, db=self._db))
             if pieces is not None:
                 used.update(prefix + digest for digest in pieces.chunks)
+            yield
         if self._chunks is None:
             return
         cursor = txn.cursor(db=self._chunks)
@@ -427,10 +492,9 @@ class CheckpointStore:
             rest = [txn.get(part_key, db=self._parts) for part_key in self._part_keys(txn, key)]
             return b"".join([bytes(first), *(bytes(part) for part in rest if part is not None)])
         chunks = self._chunks_of(txn, key, pieces.chunks)
-        try:
-            payload = b"".join([item if isinstance(item, bytes) else chunks[item] for item in pieces.layout])
-        except IndexError:
-            raise CorruptSnapshot(*_split(key), "its list of chunks is damaged") from None
+        if any(isinstance(item, int) and not 0 <= item < len(chunks) for item in pieces.layout):
+            raise CorruptSnapshot(*_split(key), "its list of chunks is damaged")
+        payload = b"".join([item if isinstance(item, bytes) else chunks[item] for item in pieces.layout])
         return zlib.crc32(payload).to_bytes(_CRC, "big") + payload
 
     def _chunks_of(
@@ -511,13 +575,13 @@ class CheckpointStore:
                 elif not (cursor.prev() if found else cursor.last()):
                     return
                 key = cursor.key()
+                if not key.startswith(prefix):
+                    return  # another symbol's: not read at all
                 raw: bytes | CorruptSnapshot
                 try:
                     raw = self._whole(txn, key, cursor.value())
                 except CorruptSnapshot as exc:
                     raw = exc
-            if not key.startswith(prefix):
-                return
             sym, seq = _split(key)
             yield sym, seq, raw
             # Step from the stored key itself, not from the seq parsed out of it: a damaged

@@ -42,7 +42,7 @@ from daemon.logs import log
 from daemon.notify import notify
 from engine.engine import Engine
 from engine.instrument import Instrument
-from engine.stepwise_checkpoint import LevelEncodings, encode_steps, run_to_end
+from engine.stepwise_checkpoint import LevelEncodings, encode_steps
 from journal import CorruptRecord, Journal, JournalError, Record, history, journal_path
 from journal.archive import ArchivedJournal
 from journal.checkpoints import (
@@ -50,6 +50,7 @@ from journal.checkpoints import (
     CheckpointStore,
     CorruptSnapshot,
     Snapshot,
+    Stored,
     checkpoints_path,
     new_snapshot,
 )
@@ -192,23 +193,31 @@ class Snapshotter:
         """Store `snap`, which `shadow` was just restored from, again (the same snapshot id,
         the same bytes) in the pieces this process cuts its book into: the first checkpoint
         under load then writes only what changed since, like every later one, instead of
-        the whole book (6 MiB for 100,000 orders) beside the serving matchers. This runs
-        before READY, while no client is served yet; it writes nothing the store holds."""
+        the whole book (6 MiB for 100,000 orders). At a daemon's start this is before any
+        client is served; a restarted snapshotter does it beside serving matchers, paced
+        like any checkpoint. Every chunk it finds stored is read back: a damaged one is
+        written again (and so mended for every checkpoint that lists it)."""
         started = time.perf_counter()
-        encoded = run_to_end(encode_steps(shadow.engine, reuse=shadow.encodings))
+        encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), PAUSE_S)
         if encoded.state_hash != snap.state_hash:  # restore checked the hash: cannot happen
             shadow.encodings = LevelEncodings()
             return
+        again = msgspec.structs.replace(snap, state=STATE_IN_PIECES)
         try:
-            stored = _paced(self.store.put_steps(msgspec.structs.replace(snap, state=STATE_IN_PIECES),
-                                                 encoded.pieces), 0.0)  # fmt: skip
+            stored = _paced(self.store.put_steps(again, encoded.pieces, scrub_every=1), PAUSE_S)
         except lmdb.Error as exc:
             log(self.logger, "checkpoint_adopt_failed", logging.WARNING, symbol=shadow.symbol, seq=snap.seq,
                 error=f"{type(exc).__name__}: {exc}")  # fmt: skip
             return
+        self._log_repaired(shadow.symbol, stored)
         log(self.logger, "checkpoint_adopted", symbol=shadow.symbol, seq=snap.seq,
             snapshot_id=snap.snapshot_id, written=stored.written,
             duration_ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
+
+    def _log_repaired(self, symbol: str, stored: Stored) -> None:
+        if stored.repaired:
+            log(self.logger, "checkpoint_chunks_repaired", logging.WARNING, symbol=symbol,
+                chunks=stored.repaired)  # fmt: skip
 
     def _on_corrupt(self, exc: CorruptSnapshot) -> None:
         log(self.logger, "checkpoint_skipped", logging.WARNING, symbol=exc.symbol, seq=exc.seq,
@@ -363,6 +372,7 @@ class Snapshotter:
                 reason=reason, error=f"{type(exc).__name__}: {exc}",
                 retry_in_s=CHECKPOINT_RETRY_S)  # fmt: skip
             return
+        self._log_repaired(shadow.symbol, stored)
         shadow.retry_at = 0.0
         shadow.checkpointed_seq = shadow.seq
         shadow.since = 0
@@ -378,7 +388,7 @@ class Snapshotter:
         if not keep:
             return
         try:
-            deleted = self.store.prune(symbol, keep)
+            deleted = _paced(self.store.prune_steps(symbol, keep), PAUSE_S)
         except lmdb.Error as exc:
             # The new checkpoint is stored; the old ones wait for the next write.
             log(self.logger, "checkpoint_prune_failed", logging.WARNING, symbol=symbol,

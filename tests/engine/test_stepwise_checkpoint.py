@@ -154,6 +154,30 @@ def test_runs_end_where_the_order_ids_say() -> None:
     assert ended == ends_run(last[-1].order_id)
 
 
+def test_a_run_ends_at_its_longest_also_when_it_grew_over_checkpoints() -> None:
+    engine = Engine(SPEC)
+    encodings = LevelEncodings()
+
+    def add_at_100(n: int) -> None:  # n orders at 100 whose ids end no run; the others at 90
+        while n:
+            seq = engine.last_seq + 1
+            at_100 = not ends_run(engine.next_order_id)
+            engine.process(NewOrder(seq, seq, "a", f"c{seq}", Side.BUY, 1, 100 if at_100 else 90))
+            n -= at_100
+
+    add_at_100(MAX_RUN_ORDERS * 6 // 10)
+    run_to_end(encode_steps(engine, 50, encodings))
+    level = engine.bids.levels[100]
+    assert encodings.levels[level].open_orders == level.live  # one open run so far
+    add_at_100(MAX_RUN_ORDERS // 2)  # appends: the open run reaches its longest on the way
+    run_to_end(encode_steps(engine, 50, encodings))
+    fresh = LevelEncodings()
+    run_to_end(encode_steps(engine, 50, fresh))
+    assert runs(encodings.levels[level]) == runs(fresh.levels[level])
+    assert [len(r) for r, _ in resting_runs(level)] == [MAX_RUN_ORDERS, level.live - MAX_RUN_ORDERS]
+    assert encodings.levels[level].open_orders == level.live - MAX_RUN_ORDERS
+
+
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 65_535, 65_536, 70_000])
 def test_array_headers_are_the_ones_msgpack_writes(n: int) -> None:
     # Each size class of the msgpack array header (fixarray, array 16, array 32) and its edges.

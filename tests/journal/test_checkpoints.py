@@ -3,6 +3,7 @@ piece stored once and only the new ones written."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Generator
 from pathlib import Path
 
@@ -14,11 +15,17 @@ from engine import Engine, Instrument
 from engine.messages import NewOrder, Side
 from engine.stepwise_checkpoint import LevelEncodings, encode_steps, run_to_end
 from journal.checkpoints import (
+    CHUNK_BYTES,
+    GROUP_BITS,
+    GROUP_BYTES,
+    INLINE_BYTES,
     PART_BYTES,
     STATE_IN_PIECES,
     CheckpointStore,
     CorruptSnapshot,
     Stored,
+    _batches,
+    _stored_as,
     _stored_pieces,
     encode,
     new_snapshot,
@@ -292,9 +299,10 @@ EDGES = [200, PART_BYTES - 1, PART_BYTES, PART_BYTES + 1, 2 * PART_BYTES, 2 * PA
 
 
 @pytest.mark.parametrize("target", EDGES)
-def test_a_state_in_pieces_is_stored_as_the_one_shot_checkpoint_at_every_part_edge(
+def test_a_book_of_one_order_levels_is_stored_as_the_one_shot_checkpoint_at_every_size(
     tmp_path: Path, target: int
 ) -> None:
+    # Every level has one order: every piece is short, and stored in groups.
     engine, size = _sized_engine(target)
     assert size == target  # the edge really is exercised
     encoded = run_to_end(encode_steps(engine, 7))
@@ -306,6 +314,58 @@ def test_a_state_in_pieces_is_stored_as_the_one_shot_checkpoint_at_every_part_ed
         assert stored.size == size
         assert store.newest("BTC") == one_shot
         assert [i.size_bytes for i in store.infos("BTC")] == [size]
+        with store._env.begin() as txn:
+            value = txn.get(b"BTC\x00" + (1).to_bytes(8, "big"), db=store._db)
+        assert len(value) < max(1_000, size / 20)  # the list of groups, not the book inline
+
+
+def test_pieces_are_stored_whole_cut_or_grouped_by_their_size() -> None:
+    mask = (1 << GROUP_BITS) - 1
+    short = [bytes([i]) * 10 for i in range(200)]
+    grouped = list(_stored_as(short))
+    assert b"".join(grouped) == b"".join(short) and 1 < len(grouped) < len(short)
+    at = 0
+    for group in grouped[:-1]:  # each ends after a piece whose CRC32 says so, or when full
+        members = short[at : at + len(group) // 10]
+        at += len(members)
+        assert zlib.crc32(members[-1]) & mask == 0 or len(group) >= GROUP_BYTES
+        assert not any(zlib.crc32(m) & mask == 0 for m in members[:-1])
+    assert list(_stored_as([b"x" * (INLINE_BYTES - 1)])) == [b"x" * (INLINE_BYTES - 1)]
+    around = [b"a" * 5, b"x" * INLINE_BYTES, b"b" * 5]  # a long piece ends a group
+    assert list(_stored_as(around)) == around
+    assert list(_stored_as([b"y" * PART_BYTES])) == [b"y" * PART_BYTES]
+    cut = list(_stored_as([b"z" * (PART_BYTES + 1)]))
+    assert [len(c) for c in cut] == [CHUNK_BYTES] * (PART_BYTES // CHUNK_BYTES) + [1]
+
+
+def test_new_chunks_are_written_in_batches_of_at_most_a_part() -> None:
+    new = [(bytes([i]), b"p" * (PART_BYTES // 3)) for i in range(7)] + [(b"big", b"q" * (PART_BYTES + 1))]
+    batches = list(_batches(new))
+    assert [d for batch in batches for d, _ in batch] == [d for d, _ in new]
+    assert [len(b) for b in batches] == [3, 3, 1, 1]
+    assert all(sum(len(p) for _, p in batch) <= PART_BYTES for batch in batches[:-1])
+
+
+def test_a_damaged_chunk_is_written_again_by_the_next_checkpoint_that_uses_it(tmp_path: Path) -> None:
+    engine = _book(levels=10, per_level=200)
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        _put_engine(store, engine, 20, LevelEncodings())
+        with store._env.begin(write=True) as txn:
+            key, value = next(iter(txn.cursor(db=store._chunks)))
+            damaged = bytearray(value)
+            damaged[0] ^= 0x01
+            txn.put(key, bytes(damaged), db=store._chunks)
+        assert store.newest("BTC", on_corrupt=lambda exc: None) is None
+        # A checkpoint of the same book reads back a sixteenth of what it reuses each time:
+        # within sixteen, the damaged chunk is found and written again.
+        repaired = [_put_engine(store, engine, 20 + i, LevelEncodings()).repaired for i in range(1, 17)]
+        assert sum(repaired) == 1
+        for seq in (20, 36):  # mended for the checkpoint written before it was found, too
+            newest = store.newest("BTC", seq)
+            assert newest is not None and newest.seq == seq and newest.state == engine.checkpoint()
+        everything = store.put_steps(new_snapshot("BTC", 40, 0, engine.checkpoint(), engine.state_hash()),
+                                     scrub_every=1)  # fmt: skip
+        assert _drive(everything)[0].repaired == 0
 
 
 def test_a_snapshot_in_pieces_cannot_be_encoded_whole() -> None:
