@@ -176,6 +176,10 @@ def test_a_checkpoint_writes_only_the_pieces_the_store_does_not_hold(tmp_path: P
         for seq in (2, 3):
             newest = store.newest("BTC", seq)
             assert newest is not None and newest.state == one_shot
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:  # another process, later
+        reopened = _put_engine(store, engine, 4, LevelEncodings())
+        assert reopened.written < reopened.size / 5  # it finds what the store holds
+        assert [i.seq for i in store.infos("BTC")] == [1, 2, 3, 4]
 
 
 def test_prune_keeps_the_newest_of_one_symbol_and_the_chunks_they_use(tmp_path: Path) -> None:
@@ -207,7 +211,7 @@ def test_prune_keeps_the_newest_of_one_symbol_and_the_chunks_they_use(tmp_path: 
                         b"BTCUSDT\x00" + (5).to_bytes(8, "big")):  # fmt: skip
                 pieces = _stored_pieces(txn.get(key, db=store._db))
                 assert pieces is not None
-                used |= {key[:-8] + digest for digest in pieces.chunks}
+                used |= {key[:-8] + chunk_id.to_bytes(8, "big") for chunk_id in pieces.chunks}
             stored = {bytes(k) for k, _ in txn.cursor(db=store._chunks)}
         assert stored == used  # every chunk left is used, and every one used is there
 
@@ -224,8 +228,9 @@ def test_a_damaged_chunk_fails_every_checkpoint_that_uses_it(tmp_path: Path) -> 
             ten, twenty = (_stored_pieces(txn.get(b"BTC\x00" + seq.to_bytes(8, "big"), db=store._db))
                            for seq in (10, 20))  # fmt: skip
             assert ten is not None and twenty is not None
-            key = b"BTC\x00" + twenty.chunks[-1]
-            assert twenty.chunks[-1] not in ten.chunks
+            chunk_id = twenty.chunks[-1]  # of the book: the first is the fields around it
+            key = b"BTC\x00" + chunk_id.to_bytes(8, "big")
+            assert chunk_id not in ten.chunks
             damaged = bytearray(txn.get(key, db=store._chunks))
             damaged[len(damaged) // 2] ^= 0x01
             txn.put(key, bytes(damaged), db=store._chunks)
@@ -233,15 +238,15 @@ def test_a_damaged_chunk_fails_every_checkpoint_that_uses_it(tmp_path: Path) -> 
         newest = store.newest("BTC", on_corrupt=seen.append)
         assert newest is not None and newest.seq == 10
         assert [(e.seq, e.reason) for e in seen] == [
-            (30, f"chunk {key[-16:].hex()[:16]} is damaged"),
-            (20, f"chunk {key[-16:].hex()[:16]} is damaged"),
+            (30, f"chunk {chunk_id} is damaged"),
+            (20, f"chunk {chunk_id} is damaged"),
         ]
         assert [i.seq for i in store.infos("BTC")] == [10]
         with store._env.begin(write=True) as txn:
             txn.delete(key, db=store._chunks)
         seen.clear()
         assert store.newest("BTC", on_corrupt=seen.append).seq == 10
-        assert {e.reason for e in seen} == {f"chunk {key[-16:].hex()[:16]} is missing"}
+        assert {e.reason for e in seen} == {f"chunk {chunk_id} is missing"}
 
 
 def test_a_store_written_before_chunks_is_still_read_and_pruned(tmp_path: Path) -> None:
@@ -351,8 +356,10 @@ def test_a_damaged_chunk_is_written_again_by_the_next_checkpoint_that_uses_it(tm
     with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
         _put_engine(store, engine, 20, LevelEncodings())
         with store._env.begin(write=True) as txn:
-            key, value = next(iter(txn.cursor(db=store._chunks)))
-            damaged = bytearray(value)
+            listed = _stored_pieces(txn.get(b"BTC\x00" + (20).to_bytes(8, "big"), db=store._db))
+            assert listed is not None
+            key = b"BTC\x00" + listed.chunks[-1].to_bytes(8, "big")  # of the book, reused
+            damaged = bytearray(txn.get(key, db=store._chunks))
             damaged[0] ^= 0x01
             txn.put(key, bytes(damaged), db=store._chunks)
         assert store.newest("BTC", on_corrupt=lambda exc: None) is None
