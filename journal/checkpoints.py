@@ -408,8 +408,9 @@ class CheckpointStore:
         self, prefix: bytes, digests: dict[bytes, bytes], scrub_every: int
     ) -> tuple[list[tuple[bytes, bytes]], int]:
         """The chunks (key, value) to write for `digests` (piece -> digest): those the store
-        does not hold, under new ids, and those it holds damaged (of the ones read back
-        this turn), under their own; and how many were damaged."""
+        does not hold, under new ids, and those it holds damaged or lost (of the ones read
+        back this turn, one in `scrub_every`), under their own or a new one; and how many
+        were damaged."""
         turn = self._turns[prefix] = self._turns.get(prefix, -1) + 1
         ids = self._chunk_ids(prefix)
         new: list[tuple[bytes, bytes]] = []
@@ -418,13 +419,15 @@ class CheckpointStore:
             cursor = txn.cursor()
             for piece, digest in digests.items():
                 chunk_id = ids.get(digest)
-                if chunk_id is None or not cursor.set_key(_chunk_key(prefix, chunk_id)):
+                if chunk_id is None:
                     chunk_id = ids[digest] = self._next_id[prefix]
                     self._next_id[prefix] += 1
-                elif digest[0] % scrub_every != turn % scrub_every or _intact(cursor.value()):
+                elif digest[0] % scrub_every != turn % scrub_every:
+                    continue  # stored, by this process's account (it is the only writer)
+                elif cursor.set_key(_chunk_key(prefix, chunk_id)) and _intact(cursor.value()):
                     continue
                 else:
-                    repaired += 1
+                    repaired += 1  # lost or damaged: written again under its id, for all that list it
                 new.append((_chunk_key(prefix, chunk_id), digest + piece))
         return new, repaired
 

@@ -373,6 +373,13 @@ def test_a_damaged_chunk_is_written_again_by_the_next_checkpoint_that_uses_it(tm
         everything = store.put_steps(new_snapshot("BTC", 40, 0, engine.checkpoint(), engine.state_hash()),
                                      scrub_every=1)  # fmt: skip
         assert _drive(everything)[0].repaired == 0
+        # Lost outright: written again under its own id, which mends the older ones too.
+        with store._env.begin(write=True) as txn:
+            assert txn.delete(key, db=store._chunks)
+        assert store.newest("BTC", 36, on_corrupt=lambda exc: None) is None
+        repaired = [_put_engine(store, engine, 40 + i, LevelEncodings()).repaired for i in range(1, 17)]
+        assert sum(repaired) == 1
+        assert store.newest("BTC", 36) is not None and store.newest("BTC", 20) is not None
 
 
 def test_a_snapshot_in_pieces_cannot_be_encoded_whole() -> None:
