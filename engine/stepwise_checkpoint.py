@@ -38,8 +38,15 @@ STEP_ORDERS = 1_000
 # costs to walk and encode.
 REUSED_BYTES_PER_ORDER = 1_000
 # Pieces an open run may be in before they are joined: a level appended to checkpoint after
-# checkpoint adds one each time until one of its new orders closes the run.
+# checkpoint adds one each time until one of its new orders closes the run. The limit is 8
+# to 15 by the level's price (`open_pieces_limit`): with one limit for all, every level
+# appended to at each checkpoint was joined at the same one (420 KiB written by one
+# checkpoint in eight, 72-103 KiB by the others, on the bench's book).
 MAX_OPEN_PIECES = 8
+
+
+def open_pieces_limit(level: Level) -> int:
+    return MAX_OPEN_PIECES + level.price % MAX_OPEN_PIECES
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -127,7 +134,7 @@ def encode_steps(
                     if work >= step:
                         yield
                         work = 0
-                if len(open_run) > MAX_OPEN_PIECES:
+                if len(open_run) > open_pieces_limit(level):
                     open_run = [b"".join(open_run)]
                 encoded = EncodedLevel(level.version, level.reshapes, (*closed, *open_run), level.live,
                                        open_orders, len(open_run))  # fmt: skip

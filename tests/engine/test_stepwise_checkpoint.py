@@ -11,11 +11,11 @@ from engine import Engine
 from engine.engine import MAX_RUN_ORDERS, ends_run, resting_runs
 from engine.messages import Cancel, Checkpoint, NewOrder, Side
 from engine.stepwise_checkpoint import (
-    MAX_OPEN_PIECES,
     EncodedLevel,
     LevelEncodings,
     _array_header,
     encode_steps,
+    open_pieces_limit,
     run_to_end,
 )
 from tests.engine.test_determinism import SPEC, commands, run
@@ -129,7 +129,7 @@ def test_a_level_only_appended_to_encodes_just_its_new_orders() -> None:
             assert after.pieces[cut:] == (b"".join((*before.pieces[cut:], new)),)
             assert (after.open_orders, after.open_pieces) == (0, 0)
             closed_runs += 1
-        elif before.open_pieces < MAX_OPEN_PIECES:  # one more piece in the open run
+        elif before.open_pieces < open_pieces_limit(level):  # one more piece in the open run
             assert after.pieces[cut:] == (*before.pieces[cut:], new)
             assert all(a is b for a, b in zip(after.pieces[cut:], before.pieces[cut:], strict=False))
         else:  # too many: joined into one
