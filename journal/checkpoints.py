@@ -12,7 +12,7 @@ a level's orders), and a piece is stored once, as a chunk (with its SHA-256 dige
 which the writer finds it again), however many checkpoints hold it. The value under the
 checkpoint's key is a `StoredPieces`: the ids of its chunks and the short pieces inline.
 A checkpoint of a 100,000-order book in which a thousand orders came since the last one
-writes about 130-160 KiB, not the 5.8 MiB of the whole book: on a small VM's disk every
+writes about 80-130 KiB, not the 5.8 MiB of the whole book: on a small VM's disk every
 megabyte written beside the matchers' journal fsyncs showed in their ack latency
 (checkpoints of 5.8 MiB every 0.5 s: ack p99 x4-x7 at times; 300 KiB each: x1.4-x1.7,
 about as much as encoding with no write at all). A chunk is checked
