@@ -494,7 +494,7 @@ def _paced(steps: Generator[None, None, T], pause: float) -> T:
     A sleep, not a lower priority, is what keeps a checkpoint off the order path: while we
     sleep our CPU is idle, so a matcher or gateway thread that woke up runs at once instead
     of waiting for the scheduler to preempt us (see engine/stepwise_checkpoint.py); and
-    between two synced parts of the store write, the matchers' own fsyncs get the disk.
+    between two synced transactions of the store write, the matchers' own fsyncs get the disk.
     """
     slice_ends = time.perf_counter() + SLICE_S
     while True:
