@@ -14,8 +14,8 @@
    book under a paced load, in windows without and with SIGUSR1 to the snapshotter every
    0.5 s (a checkpoint of the whole book taken again and again: the levels that changed
    encoded, the whole book hashed, the pieces the store does not hold yet written), in ABBA
-   order. If one
-   quiet window's p99 is over 3x another's, the machine was disturbed: no verdict.
+   order. If one quiet window's p99 is over 3x another's, the machine was disturbed: no
+   verdict.
 """
 
 from __future__ import annotations

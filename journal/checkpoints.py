@@ -30,13 +30,15 @@ import zlib
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self, cast
+from typing import Self, TypeVar, cast
 
 import lmdb
 import msgspec
 
 from engine.messages import SCHEMA_VERSION, Checkpoint
 from journal.lmdb_files import check_complete, reserve_lock_file
+
+T = TypeVar("T")
 
 _DB = b"checkpoints"
 # Stores written before chunks: a value longer than 256 KiB continued here under its key +
@@ -75,10 +77,11 @@ PIECES_PER_STEP = 256
 SCRUB_EVERY = 16
 FILE_NAME = "checkpoints.lmdb"  # in the data directory, beside journal/
 _CRC = 4
-# A chunk's key: the first 16 bytes of its SHA-256 (the odds of any collision among 2^32
-# chunks: about 2^-65), 16 bytes less per chunk in every checkpoint's list of them.
+# What a chunk's value begins with, and how the writer finds a piece among the stored ones:
+# the first 16 bytes of its SHA-256 (the odds of any collision among 2^32 chunks: about
+# 2^-65).
 _DIGEST = 16
-_ID = 8
+_ID = 8  # a chunk's key after its symbol and NUL: its id, big-endian
 # What a `StoredPieces` value holds first, where a whole stored `Snapshot` holds its
 # snapshot id (a UUID): which of the two a value is.
 PIECES_MARKER = "clobd.checkpoint.pieces.v1"
@@ -262,6 +265,16 @@ def _stored_as(pieces: list[bytes]) -> Iterator[bytes]:
 _GROUP_MASK = (1 << GROUP_BITS) - 1
 
 
+def _to_end(steps: Generator[None, None, T]) -> T:
+    """Run a `..._steps` generator through without pausing; what it returns."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+
 def _batches(new: list[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
     """`new` (digest, piece) in batches of at most PART_BYTES (or one piece)."""
     batch: list[tuple[bytes, bytes]] = []
@@ -343,13 +356,7 @@ class CheckpointStore:
 
     def put(self, snapshot: Snapshot) -> Stored:
         """Durably store one checkpoint."""
-        steps = self.put_steps(snapshot)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                stored: Stored = done.value
-                return stored
+        return _to_end(self.put_steps(snapshot))
 
     def put_steps(
         self, snapshot: Snapshot, state: Sequence[bytes] | None = None, *, scrub_every: int = SCRUB_EVERY
@@ -409,8 +416,7 @@ class CheckpointStore:
     ) -> tuple[list[tuple[bytes, bytes]], int]:
         """The chunks (key, value) to write for `digests` (piece -> digest): those the store
         does not hold, under new ids, and those it holds damaged or lost (of the ones read
-        back this turn, one in `scrub_every`), under their own or a new one; and how many
-        were damaged."""
+        back this turn, one in `scrub_every`), under their own; and how many of those."""
         turn = self._turns[prefix] = self._turns.get(prefix, -1) + 1
         ids = self._chunk_ids(prefix)
         new: list[tuple[bytes, bytes]] = []
@@ -451,13 +457,7 @@ class CheckpointStore:
     def prune(self, symbol: str, keep: int) -> int:
         """Delete all but `symbol`'s newest `keep` checkpoints, and the chunks only they
         used, in one synced transaction; how many checkpoints were deleted."""
-        steps = self.prune_steps(symbol, keep)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                deleted: int = done.value
-                return deleted
+        return _to_end(self.prune_steps(symbol, keep))
 
     def prune_steps(self, symbol: str, keep: int) -> Generator[None, None, int]:
         """`prune`, yielding after each kept checkpoint's list of chunks is read (its write

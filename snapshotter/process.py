@@ -193,9 +193,9 @@ class Snapshotter:
         """Store `snap`, which `shadow` was just restored from, again (the same snapshot id,
         the same bytes) in the pieces this process cuts its book into: the first checkpoint
         under load then writes only what changed since, like every later one, instead of
-        the whole book (6 MiB for 100,000 orders). At a daemon's start this is before any
-        client is served; a restarted snapshotter does it beside serving matchers, paced
-        like any checkpoint. Every chunk it finds stored is read back: a damaged one is
+        the whole book (6 MiB for 100,000 orders). At a daemon's start this is before it
+        reports READY; a restarted snapshotter does it beside serving matchers. Either way
+        it is paced like any checkpoint. Every chunk it finds stored is read back: a damaged one is
         written again (and so mended for every checkpoint that lists it)."""
         started = time.perf_counter()
         encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), PAUSE_S)
