@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Generator
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
@@ -49,6 +49,7 @@ def open_pieces_limit(level: Level) -> int:
     return MAX_OPEN_PIECES + level.price % MAX_OPEN_PIECES
 
 _encode = msgspec.msgpack.Encoder().encode
+T = TypeVar("T")
 
 
 class EncodedState(NamedTuple):
@@ -176,13 +177,14 @@ _NOTHING = msgspec.Raw(b"")
 _EMPTY_ARRAYS = _encode([]) * 2  # the bid and ask arrays of a book with no orders
 
 
-def run_to_end(steps: Generator[None, None, EncodedState]) -> EncodedState:
-    """Drive `steps` without pausing (tests, and callers that may hold a core)."""
+def run_to_end(steps: Generator[None, None, T]) -> T:
+    """Drive `steps` (this module's, or the checkpoint store's) without pausing: tests, and
+    callers that may hold a core."""
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            result: EncodedState = done.value
+            result: T = done.value
             return result
 
 

@@ -30,15 +30,14 @@ import zlib
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar, cast
+from typing import Self, cast
 
 import lmdb
 import msgspec
 
 from engine.messages import SCHEMA_VERSION, Checkpoint
+from engine.stepwise_checkpoint import run_to_end
 from journal.lmdb_files import check_complete, reserve_lock_file
-
-T = TypeVar("T")
 
 _DB = b"checkpoints"
 # Stores written before chunks: a value longer than 256 KiB continued here under its key +
@@ -265,16 +264,6 @@ def _stored_as(pieces: list[bytes]) -> Iterator[bytes]:
 _GROUP_MASK = (1 << GROUP_BITS) - 1
 
 
-def _to_end(steps: Generator[None, None, T]) -> T:
-    """Run a `..._steps` generator through without pausing; what it returns."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: T = done.value
-            return result
-
-
 def _batches(new: list[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
     """`new` (digest, piece) in batches of at most PART_BYTES (or one piece)."""
     batch: list[tuple[bytes, bytes]] = []
@@ -356,7 +345,7 @@ class CheckpointStore:
 
     def put(self, snapshot: Snapshot) -> Stored:
         """Durably store one checkpoint."""
-        return _to_end(self.put_steps(snapshot))
+        return run_to_end(self.put_steps(snapshot))
 
     def put_steps(
         self, snapshot: Snapshot, state: Sequence[bytes] | None = None, *, scrub_every: int = SCRUB_EVERY
@@ -457,7 +446,7 @@ class CheckpointStore:
     def prune(self, symbol: str, keep: int) -> int:
         """Delete all but `symbol`'s newest `keep` checkpoints, and the chunks only they
         used, in one synced transaction; how many checkpoints were deleted."""
-        return _to_end(self.prune_steps(symbol, keep))
+        return run_to_end(self.prune_steps(symbol, keep))
 
     def prune_steps(self, symbol: str, keep: int) -> Generator[None, None, int]:
         """`prune`, yielding after each kept checkpoint's list of chunks is read (its write
