@@ -381,17 +381,24 @@ class CheckpointStore:
                 yield
         new, repaired = self._to_write(prefix, digests, scrub_every)
         ids = self._chunk_ids(prefix)
-        batches = list(_batches(new))
         written = 0
-        for batch in batches[:-1]:
-            with self._env.begin(write=True) as txn:
-                written += self._put_chunks(txn, batch)
-            yield
-        value = _encoder.encode(StoredPieces(PIECES_MARKER, [ids[digest] for digest in chunks], layout))
-        with self._env.begin(write=True) as txn:  # one synced commit: most checkpoints need no other
-            written += self._put_chunks(txn, batches[-1] if batches else [])
-            self._remove(txn, key)
-            txn.put(key, zlib.crc32(value).to_bytes(_CRC, "big") + value, db=self._db)
+        try:
+            batches = list(_batches(new))
+            for batch in batches[:-1]:
+                with self._env.begin(write=True) as txn:
+                    written += self._put_chunks(txn, batch)
+                yield
+            value = _encoder.encode(StoredPieces(PIECES_MARKER, [ids[digest] for digest in chunks], layout))
+            with self._env.begin(write=True) as txn:  # one synced commit: most checkpoints need no other
+                written += self._put_chunks(txn, batches[-1] if batches else [])
+                self._remove(txn, key)
+                txn.put(key, zlib.crc32(value).to_bytes(_CRC, "big") + value, db=self._db)
+        except BaseException:
+            # `_to_write` counted the new chunks as stored: a write that failed (a full disk)
+            # or stopped half way would have the next checkpoint list chunks that are not
+            # there. What is stored is read again instead.
+            del self._ids[prefix]
+            raise
         self._digests[prefix] = digests
         return Stored(size, written + _CRC + len(value), repaired)
 

@@ -394,3 +394,40 @@ def test_a_snapshot_in_pieces_cannot_be_stored_without_its_pieces(tmp_path: Path
         with pytest.raises(ValueError, match="pieces"):
             store.put(new_snapshot("BTC", 5, 0, STATE_IN_PIECES, "h"))
         assert store.newest("BTC") is not None  # the good one at that key is still there
+
+
+
+def _fill(store: CheckpointStore) -> list[bytes]:
+    """Fill `store`'s map to within 64 KiB (room to delete it again); the keys of what filled it."""
+    keys: list[bytes] = []
+    for size in (1 << 16,):
+        while True:
+            key = b"filler" + len(keys).to_bytes(4, "big")
+            try:
+                with store._env.begin(write=True) as txn:
+                    txn.put(key, bytes(size), db=store._db)
+            except lmdb.MapFullError:
+                break
+            keys.append(key)
+    return keys
+
+
+def test_a_checkpoint_whose_write_failed_leaves_the_next_one_whole(tmp_path: Path) -> None:
+    # A full map stands in for a full disk: the chunks the failed write would have added
+    # are not in the store, so the next checkpoint must write them, not just list them.
+    engine = _book(levels=4, per_level=10)
+    reuse = LevelEncodings()
+    with CheckpointStore(tmp_path / "checkpoints.lmdb", map_size=1 << 21) as store:
+        _put_engine(store, engine, 1, reuse)
+        for i in range(3_000):  # about 100 KiB of new pieces
+            engine.process(NewOrder(10_000 + i, 0, "b", f"d{i}", Side.BUY, 1, 2_000 + i % 50))
+        filler = _fill(store)
+        with pytest.raises(lmdb.MapFullError):
+            _put_engine(store, engine, 2, reuse)
+        for half in (filler[::2], filler[1::2]):  # LMDB reuses what older transactions freed
+            with store._env.begin(write=True) as txn:
+                for key in half:
+                    txn.delete(key, db=store._db)
+        _put_engine(store, engine, 3, reuse)
+        newest = store.newest("BTC", 3)
+        assert newest is not None and newest.seq == 3 and newest.state == engine.checkpoint()
