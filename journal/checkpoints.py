@@ -265,15 +265,15 @@ _GROUP_MASK = (1 << GROUP_BITS) - 1
 
 
 def _batches(new: list[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
-    """`new` (digest, piece) in batches of at most PART_BYTES (or one piece)."""
+    """`new` chunks (key, value) in batches of at most PART_BYTES of values (or one chunk)."""
     batch: list[tuple[bytes, bytes]] = []
     size = 0
-    for digest, piece in new:
-        if batch and size + len(piece) > PART_BYTES:
+    for key, value in new:
+        if batch and size + len(value) > PART_BYTES:
             yield batch
             batch, size = [], 0
-        batch.append((digest, piece))
-        size += len(piece)
+        batch.append((key, value))
+        size += len(value)
     if batch:
         yield batch
 
