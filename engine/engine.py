@@ -22,7 +22,7 @@ package is installed (see setup.py); the source stays importable and tested as i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import msgspec
@@ -664,18 +664,92 @@ class Engine:
                 yield _resting(order)
 
     def state_hash(self) -> str:
-        """`checkpoint_hash(self.checkpoint())`."""
-        return checkpoint_hash(self.checkpoint())
+        """`checkpoint_hash(self.checkpoint())`, from the levels (no list of the whole book)."""
+        return _state_hash(self.checkpoint_counters(), _side_runs(self.bids), _side_runs(self.asks))
+
+    def state_hash_matches(self, recorded: str) -> bool:
+        """Whether this state is the one `recorded` (a state hash of either version) names."""
+        if recorded.startswith(STATE_HASH_V2):
+            return self.state_hash() == recorded
+        return checkpoint_hash_v1(self.checkpoint()) == recorded
+
+
+# What a state hash of the current version starts with. Version 1 (64 hex digits, no
+# prefix) hashed the checkpoint's whole msgpack at once, so every checkpoint rehashed the
+# whole book; checkpoints stored with one are still checked against it.
+STATE_HASH_V2: Final = "v2:"
+STATE_HASH_V2_DOMAIN: Final = b"clobd state hash v2\x00"
 
 
 def checkpoint_hash(checkpoint: Checkpoint) -> str:
-    """SHA-256 of the canonical msgpack encoding of `checkpoint`: an engine's state hash.
+    """An engine's state hash (version 2): "v2:" and a SHA-256 in hex, of
+    - a domain string, then the msgpack of `checkpoint` with no orders (symbol, counters);
+    - for the bids, then the asks: how many runs (8 bytes, big-endian), then each run's
+      SHA-256, where a side's orders are cut into runs at each level's end, after an order
+      `ends_run` picks and after MAX_RUN_ORDERS (`resting_runs`), and a run's bytes are
+      the msgpack of its orders without the array header (`array_items`).
 
-    msgpack of array-like structs of ints and strings has exactly one encoding, so the
-    digest depends on the state alone — not on the machine, the Python build or the run.
-    Taken from a checkpoint already in hand, it spares rebuilding every resting order.
+    msgpack of array-like structs of ints and strings has exactly one encoding, and the
+    runs depend on the orders alone, so the hash depends on the state alone — not on the
+    machine, the Python build, the run, or how the state was encoded. Over runs, not over
+    one buffer: a checkpoint that reuses the runs of unchanged levels reuses their digests
+    too (`engine.stepwise_checkpoint`), instead of hashing the whole book again.
     """
+    return _state_hash(checkpoint, _runs_of(checkpoint.bids), _runs_of(checkpoint.asks))
+
+
+def checkpoint_hash_v1(checkpoint: Checkpoint) -> str:
+    """The state hash of checkpoints stored before version 2: SHA-256 of the whole msgpack."""
     return hashlib.sha256(_encode(checkpoint)).hexdigest()
+
+
+def _state_hash(
+    counters: Checkpoint, bid_runs: Iterable[list[RestingOrder]], ask_runs: Iterable[list[RestingOrder]]
+) -> str:
+    """`checkpoint_hash` of the checkpoint with `counters`' fields and these runs of orders."""
+    digest = hashlib.sha256(STATE_HASH_V2_DOMAIN)
+    digest.update(_encode(msgspec.structs.replace(counters, bids=[], asks=[])))
+    for side_runs in (bid_runs, ask_runs):
+        runs = [hashlib.sha256(array_items(run)).digest() for run in side_runs]
+        digest.update(len(runs).to_bytes(8, "big"))
+        digest.update(b"".join(runs))
+    return STATE_HASH_V2 + digest.hexdigest()
+
+
+def _side_runs(side: BookSide) -> Iterator[list[RestingOrder]]:
+    for level in side.levels_best_first():
+        for run, _ in resting_runs(level):
+            yield run
+
+
+def _runs_of(orders: list[RestingOrder]) -> Iterator[list[RestingOrder]]:
+    """A side's orders (as `checkpoint()` lists them) in the runs `resting_runs` makes of
+    each of its levels."""
+    run: list[RestingOrder] = []
+    for order in orders:
+        if run and order.price != run[-1].price:
+            yield run
+            run = []
+        run.append(order)
+        if ends_run(order.order_id) or len(run) >= MAX_RUN_ORDERS:
+            yield run
+            run = []
+    if run:
+        yield run
+
+
+def array_items(orders: list[RestingOrder]) -> bytes:
+    """The msgpack of `orders` without its array header: items to splice into a bigger array."""
+    return _encode(orders)[len(array_header(len(orders))) :]
+
+
+def array_header(n: int) -> bytes:
+    # The shortest msgpack array header, as every msgpack encoder (msgspec's too) writes it.
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def _rejected(

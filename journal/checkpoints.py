@@ -24,6 +24,7 @@ and are still read.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import uuid
 import zlib
@@ -236,29 +237,49 @@ def _chunk_prefix(key: bytes | memoryview) -> bytes:
     return bytes(key)[:-8]
 
 
-def _stored_as(pieces: list[bytes]) -> Iterator[bytes]:
-    """`pieces` as they are stored: those longer than PART_BYTES cut into CHUNK_BYTES each
-    (no chunk is more than one synced transaction should write), and short ones side by side
-    joined into groups (GROUP_BITS, GROUP_BYTES)."""
+StoredPiece = tuple[bytes, bytes | None]  # a piece as stored, and its chunk digest (None: inline)
+
+
+def _stored_as(
+    pieces: list[bytes],
+    digests: Sequence[bytes | None] | None = None,
+    digest_of: Callable[[bytes], bytes] = lambda piece: _digest(piece),
+) -> Iterator[StoredPiece]:
+    """`pieces` as they are stored, each with its chunk digest, or None for one kept inline
+    (shorter than INLINE_BYTES): those longer than PART_BYTES cut into CHUNK_BYTES each (no
+    chunk is more than one synced transaction should write), and short ones side by side
+    joined into groups (GROUP_BITS, GROUP_BYTES). A piece stored as it is keeps the digest
+    `digests` (a SHA-256 per piece or None, or none at all) gives it; `digest_of` takes
+    the others'."""
     group: list[bytes] = []
     size = 0
-    for piece in pieces:
-        if len(piece) >= INLINE_BYTES:
+    for piece, digest in zip(pieces, digests or [None] * len(pieces), strict=True):
+        length = len(piece)
+        if INLINE_BYTES <= length <= PART_BYTES:
             if group:
-                yield b"".join(group)
+                yield _grouped(group, digest_of)
                 group, size = [], 0
-            if len(piece) <= PART_BYTES:
-                yield piece
-            else:
-                yield from (piece[at : at + CHUNK_BYTES] for at in range(0, len(piece), CHUNK_BYTES))
-            continue
-        group.append(piece)
-        size += len(piece)
-        if size >= GROUP_BYTES or zlib.crc32(piece) & _GROUP_MASK == 0:
-            yield b"".join(group)
-            group, size = [], 0
+            yield piece, digest_of(piece) if digest is None else digest[:_DIGEST]
+        elif length > PART_BYTES:
+            if group:
+                yield _grouped(group, digest_of)
+                group, size = [], 0
+            for at in range(0, length, CHUNK_BYTES):
+                part = piece[at : at + CHUNK_BYTES]
+                yield part, digest_of(part)
+        else:
+            group.append(piece)
+            size += length
+            if size >= GROUP_BYTES or zlib.crc32(piece) & _GROUP_MASK == 0:
+                yield _grouped(group, digest_of)
+                group, size = [], 0
     if group:
-        yield b"".join(group)
+        yield _grouped(group, digest_of)
+
+
+def _grouped(group: list[bytes], digest_of: Callable[[bytes], bytes]) -> StoredPiece:
+    piece = b"".join(group)
+    return piece, digest_of(piece) if len(piece) >= INLINE_BYTES else None
 
 
 _GROUP_MASK = (1 << GROUP_BITS) - 1
@@ -301,8 +322,9 @@ class CheckpointStore:
         self, path: str | os.PathLike[str], *, readonly: bool = False, map_size: int = 1 << 34
     ) -> None:
         self.path = Path(path)
-        # Per symbol (chunk prefix): the last put's pieces -> their digests, its turn, the
-        # chunks stored (digest -> id, read from the store on first use) and the next id.
+        # Per symbol (chunk prefix): the digests the last put took (piece -> digest; of
+        # pieces it was given none for), its turn, the chunks stored (digest -> id, read
+        # from the store on first use) and the next id.
         self._digests: dict[bytes, dict[bytes, bytes]] = {}
         self._turns: dict[bytes, int] = {}
         self._ids: dict[bytes, dict[bytes, int]] = {}
@@ -348,38 +370,49 @@ class CheckpointStore:
         return run_to_end(self.put_steps(snapshot))
 
     def put_steps(
-        self, snapshot: Snapshot, state: Sequence[bytes] | None = None, *, scrub_every: int = SCRUB_EVERY
+        self,
+        snapshot: Snapshot,
+        state: Sequence[bytes] | None = None,
+        digests: Sequence[bytes | None] | None = None,
+        *,
+        scrub_every: int = SCRUB_EVERY,
     ) -> Generator[None, None, Stored]:
-        """`put`, yielding between bounded steps (digests taken, a synced transaction of new
+        """`put`, yielding between bounded steps (pieces listed, a synced transaction of new
         chunks), so that the caller can pause between them.
 
         `state`: the msgpack of the snapshot's state in pieces, for a snapshot made with
-        STATE_IN_PIECES. Only the chunks the store does not hold yet are written (and those
-        of the ones it reads back, one in `scrub_every`, that no longer match their
-        digest), at most PART_BYTES of them per synced transaction; the last transaction
-        (often the only one) also replaces whatever was at this checkpoint's key (one
-        written before, or one cut short by a crash) with its StoredPieces. A crash before
-        that leaves chunks no checkpoint uses, for `prune` to delete. Only one process
-        writes a store (the snapshotter): what it found stored is still there when it writes.
+        STATE_IN_PIECES; `digests`: the SHA-256 of each (or None where the store is to take
+        it), as `stepwise_checkpoint` has them already. Only the chunks the store does not
+        hold yet are written (and those of the ones it reads back, one in `scrub_every`,
+        that no longer match their digest), at most PART_BYTES of them per synced
+        transaction; the last transaction (often the only one) also replaces whatever was at
+        this checkpoint's key (one written before, or one cut short by a crash) with its
+        StoredPieces. A crash before that leaves chunks no checkpoint uses, for `prune` to
+        delete. Only one process writes a store (the snapshotter): what it found stored is
+        still there when it writes.
         """
         key = _key(snapshot.symbol, snapshot.seq)
         prefix = _chunk_prefix(key)
         known = self._digests.get(prefix, {})
+        taken: dict[bytes, bytes] = {}  # piece -> digest, of those given none: for the next checkpoint
+
+        def digest_of(piece: bytes) -> bytes:
+            digest = taken[piece] = known.get(piece) or _digest(piece)
+            return digest
+
+        payload = _payload(snapshot, state)
+        size = _CRC + sum(map(len, payload))
+        given = None if digests is None else [None, *digests, None]  # around `state`, as _payload puts it
+        stream = _stored_as(payload, given, digest_of)
+        stored: list[StoredPiece] = []
         chunks: dict[bytes, int] = {}  # digest -> its index in StoredPieces.chunks
         layout: list[bytes | int] = []
-        digests: dict[bytes, bytes] = {}  # piece -> digest, for the next checkpoint
-        size = _CRC
-        for n, piece in enumerate(_stored_as(_payload(snapshot, state)), 1):
-            size += len(piece)
-            if len(piece) < INLINE_BYTES:
-                layout.append(piece)
-                continue
-            digest = known.get(piece) or _digest(piece)
-            digests[piece] = digest
-            layout.append(chunks.setdefault(digest, len(chunks)))
-            if n % PIECES_PER_STEP == 0:
-                yield
-        new, repaired = self._to_write(prefix, digests, scrub_every)
+        while step := list(itertools.islice(stream, PIECES_PER_STEP)):
+            stored += step
+            layout += [piece if digest is None else chunks.setdefault(digest, len(chunks))
+                       for piece, digest in step]  # fmt: skip
+            yield
+        new, repaired = self._to_write(prefix, chunks, stored, scrub_every)
         ids = self._chunk_ids(prefix)
         written = 0
         try:
@@ -399,7 +432,7 @@ class CheckpointStore:
             # there. What is stored is read again instead.
             del self._ids[prefix]
             raise
-        self._digests[prefix] = digests
+        self._digests[prefix] = taken
         return Stored(size, written + _CRC + len(value), repaired)
 
     def _put_chunks(self, txn: lmdb.Transaction, batch: list[tuple[bytes, bytes]]) -> int:
@@ -408,30 +441,31 @@ class CheckpointStore:
         return sum(len(value) for _, value in batch)
 
     def _to_write(
-        self, prefix: bytes, digests: dict[bytes, bytes], scrub_every: int
+        self, prefix: bytes, chunks: dict[bytes, int], stored: list[StoredPiece], scrub_every: int
     ) -> tuple[list[tuple[bytes, bytes]], int]:
-        """The chunks (key, value) to write for `digests` (piece -> digest): those the store
-        does not hold, under new ids, and those it holds damaged or lost (of the ones read
-        back this turn, one in `scrub_every`), under their own; and how many of those."""
+        """The chunks (key, value) to write of `chunks` (digests; `stored` holds their pieces):
+        those the store does not hold, under new ids, and those it holds damaged or lost (of
+        the ones read back this turn, one in `scrub_every`), under their own; and how many
+        of those."""
         turn = self._turns[prefix] = self._turns.get(prefix, -1) + 1
         ids = self._chunk_ids(prefix)
-        new: list[tuple[bytes, bytes]] = []
-        repaired = 0
+        share = turn % scrub_every
+        # Stored, by this process's account (it is the only writer): read back this turn's share.
+        scrubbed = [digest for digest in chunks if digest[0] % scrub_every == share and digest in ids]
+        lost: list[bytes] = []
         with self._env.begin(db=self._chunks, buffers=True) as txn:
             cursor = txn.cursor()
-            for piece, digest in digests.items():
-                chunk_id = ids.get(digest)
-                if chunk_id is None:
-                    chunk_id = ids[digest] = self._next_id[prefix]
-                    self._next_id[prefix] += 1
-                elif digest[0] % scrub_every != turn % scrub_every:
-                    continue  # stored, by this process's account (it is the only writer)
-                elif cursor.set_key(_chunk_key(prefix, chunk_id)) and _intact(cursor.value()):
-                    continue
-                else:
-                    repaired += 1  # lost or damaged: written again under its id, for all that list it
-                new.append((_chunk_key(prefix, chunk_id), digest + piece))
-        return new, repaired
+            for digest in scrubbed:
+                if not (cursor.set_key(_chunk_key(prefix, ids[digest])) and _intact(cursor.value())):
+                    lost.append(digest)  # lost or damaged: written again under its id, for all that list it
+        unknown = [digest for digest in chunks if digest not in ids]
+        for digest in unknown:
+            ids[digest] = self._next_id[prefix]
+            self._next_id[prefix] += 1
+        wanted = set(lost).union(unknown)
+        piece_of = {digest: piece for piece, digest in stored if digest in wanted}
+        new = [(_chunk_key(prefix, ids[digest]), digest + piece_of[digest]) for digest in (*lost, *unknown)]
+        return new, len(lost)
 
     def _chunk_ids(self, prefix: bytes) -> dict[bytes, int]:
         """The chunks stored under `prefix`, digest -> id (read from the store once)."""

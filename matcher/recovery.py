@@ -101,10 +101,9 @@ def restore_checkpoint(
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             skipped(CorruptSnapshot(spec.symbol, snapshot.seq, f"cannot be restored: {exc}"))
         else:
-            actual = engine.state_hash()
-            if actual == snapshot.state_hash:
+            if engine.state_hash_matches(snapshot.state_hash):
                 return engine, snapshot
-            reason = f"state hash {actual} differs from the recorded {snapshot.state_hash}"
+            reason = f"state hash {engine.state_hash()} differs from the recorded {snapshot.state_hash}"
             skipped(CorruptSnapshot(spec.symbol, snapshot.seq, reason))
         bound = snapshot.seq - 1
     return None

@@ -40,7 +40,7 @@ from daemon.child import LockHeld, exclusive_lock
 from daemon.config import Config
 from daemon.logs import log
 from daemon.notify import notify
-from engine.engine import Engine
+from engine.engine import STATE_HASH_V2, Engine
 from engine.instrument import Instrument
 from engine.stepwise_checkpoint import LevelEncodings, encode_steps
 from journal import CorruptRecord, Journal, JournalError, Record, history, journal_path
@@ -174,7 +174,7 @@ class Snapshotter:
             engine = Engine(shadow.spec)
             try:
                 engine.restore(snap.state)
-                problem = "" if engine.state_hash() == snap.state_hash else "state hash mismatch"
+                problem = "" if engine.state_hash_matches(snap.state_hash) else "state hash mismatch"
             except (ValueError, KeyError) as exc:
                 problem = f"cannot restore: {exc}"
             if not problem:
@@ -199,12 +199,15 @@ class Snapshotter:
         written again (and so mended for every checkpoint that lists it)."""
         started = time.perf_counter()
         encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), PAUSE_S)
-        if encoded.state_hash != snap.state_hash:  # restore checked the hash: cannot happen
+        # Restore checked the state against the checkpoint's hash, of whichever version it
+        # has; a hash of this version must be the one just taken (else: cannot happen).
+        if snap.state_hash.startswith(STATE_HASH_V2) and encoded.state_hash != snap.state_hash:
             shadow.encodings = LevelEncodings()
             return
         again = msgspec.structs.replace(snap, state=STATE_IN_PIECES)
         try:
-            stored = _paced(self.store.put_steps(again, encoded.pieces, scrub_every=1), PAUSE_S)
+            again_steps = self.store.put_steps(again, encoded.pieces, encoded.digests, scrub_every=1)
+            stored = _paced(again_steps, PAUSE_S)
         except lmdb.Error as exc:
             log(self.logger, "checkpoint_adopt_failed", logging.WARNING, symbol=shadow.symbol, seq=snap.seq,
                 error=f"{type(exc).__name__}: {exc}")  # fmt: skip
@@ -365,7 +368,7 @@ class Snapshotter:
         encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), pause)
         snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), STATE_IN_PIECES, encoded.state_hash)
         try:
-            stored = _paced(self.store.put_steps(snap, encoded.pieces), pause)
+            stored = _paced(self.store.put_steps(snap, encoded.pieces, encoded.digests), pause)
         except lmdb.Error as exc:
             shadow.retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             log(self.logger, "checkpoint_failed", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq,

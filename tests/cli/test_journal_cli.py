@@ -198,7 +198,8 @@ def test_verify_passes_on_the_daemons_journal(daemon: Daemon) -> None:
     assert "BTCUSDT: 6 records checked (seq 1..6), 6 re-executed; OK" in out
     assert "ETHUSDT: 1 records checked (seq 1..1), 1 re-executed; OK" in out
     docs = json.loads(ok(run(daemon, "verify", "BTCUSDT", "--json")))
-    assert docs[0]["ok"] is True and docs[0]["problems"] == 0 and len(docs[0]["state_hash"]) == 64
+    assert docs[0]["ok"] is True and docs[0]["problems"] == 0
+    assert docs[0]["state_hash"].startswith("v2:") and len(docs[0]["state_hash"]) == 3 + 64
 
 
 # --- damaged copies ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ import sys
 import msgspec
 
 from engine import Engine, Instrument
-from engine.engine import checkpoint_hash
+from engine.engine import checkpoint_hash, checkpoint_hash_v1
 from engine.messages import (
     Amend,
     Cancel,
@@ -106,9 +106,13 @@ def test_restore_replaces_previous_state():
     assert engine.order_count() == other.order_count()
 
 
-# Pinned: a change here means the checkpoint encoding or the rules changed, which breaks
-# every stored hash — bump SCHEMA_VERSION and re-pin deliberately, never casually.
-GOLDEN_HASH_2000 = "9cc41c72f25a798ba905030ef3815b73b351bc58c67aa94755c7d08e0a81a462"
+# Pinned: a change here means the checkpoint encoding, the state hash or the rules changed,
+# which breaks every stored hash — a new encoding bumps SCHEMA_VERSION, a new state hash
+# takes a new version prefix (STATE_HASH_V2) while stored hashes of the old one are still
+# checked against it; re-pin deliberately, never casually.
+GOLDEN_HASH_2000 = "v2:aeb72019397a1fcb6230420de45b06a835f393abf2d8c83ac0e44590cc7d9d89"
+# The same state's hash as checkpoints stored before version 2 hold it.
+GOLDEN_HASH_V1_2000 = "9cc41c72f25a798ba905030ef3815b73b351bc58c67aa94755c7d08e0a81a462"
 
 _HASH_SCRIPT = """
 from tests.engine.test_determinism import commands, run, SPEC
@@ -121,11 +125,24 @@ def test_state_hash_is_pinned_and_independent_of_the_process():
     engine = Engine(SPEC)
     run(engine, commands(2000))
     assert engine.state_hash() == GOLDEN_HASH_2000
-    # The snapshotter hashes the checkpoint it already took: the same digest.
+    # From a checkpoint already in hand (a replay's): the same digest.
     assert checkpoint_hash(engine.checkpoint()) == GOLDEN_HASH_2000
+    assert checkpoint_hash_v1(engine.checkpoint()) == GOLDEN_HASH_V1_2000
     for hash_seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         out = subprocess.run(
             [sys.executable, "-c", _HASH_SCRIPT], env=env, capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == GOLDEN_HASH_2000
+
+
+def test_a_state_hash_of_either_version_is_checked_in_its_own_version():
+    engine = Engine(SPEC)
+    run(engine, commands(2000))
+    assert engine.state_hash_matches(GOLDEN_HASH_2000)
+    assert engine.state_hash_matches(GOLDEN_HASH_V1_2000)  # a checkpoint stored before v2
+    other = Engine(SPEC)
+    run(other, commands(1999))
+    assert not other.state_hash_matches(GOLDEN_HASH_2000)
+    assert not other.state_hash_matches(GOLDEN_HASH_V1_2000)
+    assert not engine.state_hash_matches("v2:" + GOLDEN_HASH_V1_2000)  # the version is not a label

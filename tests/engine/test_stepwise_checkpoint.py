@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Engine
-from engine.engine import MAX_RUN_ORDERS, ends_run, resting_runs
+from engine.engine import MAX_RUN_ORDERS, array_header, checkpoint_hash, ends_run, resting_runs
 from engine.messages import Cancel, Checkpoint, NewOrder, Side
 from engine.stepwise_checkpoint import (
     EncodedLevel,
+    EncodedState,
     LevelEncodings,
-    _array_header,
     encode_steps,
     open_pieces_limit,
     run_to_end,
@@ -34,7 +36,7 @@ def test_same_bytes_hash_and_count_as_the_one_shot_checkpoint(n: int, seed: int,
     one_shot = engine.checkpoint()
     encoded = run_to_end(encode_steps(engine, step))
     assert encoded.state == msgspec.msgpack.encode(one_shot)
-    assert encoded.state_hash == engine.state_hash()
+    assert encoded.state_hash == engine.state_hash() == checkpoint_hash(one_shot)
     assert encoded.resting_orders == len(one_shot.bids) + len(one_shot.asks)
     assert msgspec.msgpack.decode(encoded.state, type=Checkpoint) == one_shot
 
@@ -68,6 +70,7 @@ def test_reusing_levels_gives_the_same_checkpoint(seed: int, every: int, step: i
         encoded = run_to_end(encode_steps(engine, step, encodings))
         assert encoded.state == msgspec.msgpack.encode(engine.checkpoint())
         assert encoded.state_hash == engine.state_hash()
+        assert_digests_are_the_pieces(encoded)
         # Cut where the orders say, not where the last checkpoint happened to end: the runs
         # an encoding from scratch makes (which the checkpoint store then shares).
         fresh = LevelEncodings()
@@ -76,6 +79,15 @@ def test_reusing_levels_gives_the_same_checkpoint(seed: int, every: int, step: i
         assert reused == {lv: runs(e) for lv, e in fresh.levels.items()}
         assert all(e.open_pieces <= 1 for e in fresh.levels.values())
     assert len(encodings.levels) == len(engine.bids.levels) + len(engine.asks.levels)
+
+
+def assert_digests_are_the_pieces(encoded: EncodedState) -> None:
+    """Each piece of orders comes with its SHA-256 (the checkpoint store's digest of it); the
+    four around them (counters, the two array headers) with none."""
+    pairs = list(zip(encoded.pieces, encoded.digests, strict=True))
+    assert sum(digest is None for _, digest in pairs) == 4
+    assert pairs[0][1] is None and pairs[1][1] is None and pairs[-1][1] is None
+    assert all(digest is None or digest == hashlib.sha256(piece).digest() for piece, digest in pairs)
 
 
 def runs(encoded: EncodedLevel) -> list[bytes]:
@@ -182,5 +194,5 @@ def test_a_run_ends_at_its_longest_also_when_it_grew_over_checkpoints() -> None:
 def test_array_headers_are_the_ones_msgpack_writes(n: int) -> None:
     # Each size class of the msgpack array header (fixarray, array 16, array 32) and its edges.
     encoded = msgspec.msgpack.encode([0] * n)
-    assert encoded[: len(_array_header(n))] == _array_header(n)
-    assert len(encoded) == len(_array_header(n)) + n
+    assert encoded[: len(array_header(n))] == array_header(n)
+    assert len(encoded) == len(array_header(n)) + n

@@ -3,6 +3,7 @@ piece stored once and only the new ones written."""
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -327,7 +328,7 @@ def test_a_book_of_one_order_levels_is_stored_as_the_one_shot_checkpoint_at_ever
 def test_pieces_are_stored_whole_cut_or_grouped_by_their_size() -> None:
     mask = (1 << GROUP_BITS) - 1
     short = [bytes([i]) * 10 for i in range(200)]
-    grouped = list(_stored_as(short))
+    grouped = stored_pieces(short)
     assert b"".join(grouped) == b"".join(short) and 1 < len(grouped) < len(short)
     at = 0
     for group in grouped[:-1]:  # each ends after a piece whose CRC32 says so, or when full
@@ -335,12 +336,28 @@ def test_pieces_are_stored_whole_cut_or_grouped_by_their_size() -> None:
         at += len(members)
         assert zlib.crc32(members[-1]) & mask == 0 or len(group) >= GROUP_BYTES
         assert not any(zlib.crc32(m) & mask == 0 for m in members[:-1])
-    assert list(_stored_as([b"x" * (INLINE_BYTES - 1)])) == [b"x" * (INLINE_BYTES - 1)]
+    assert stored_pieces([b"x" * (INLINE_BYTES - 1)]) == [b"x" * (INLINE_BYTES - 1)]
     around = [b"a" * 5, b"x" * INLINE_BYTES, b"b" * 5]  # a long piece ends a group
-    assert list(_stored_as(around)) == around
-    assert list(_stored_as([b"y" * PART_BYTES])) == [b"y" * PART_BYTES]
-    cut = list(_stored_as([b"z" * (PART_BYTES + 1)]))
+    assert stored_pieces(around) == around
+    assert stored_pieces([b"y" * PART_BYTES]) == [b"y" * PART_BYTES]
+    cut = stored_pieces([b"z" * (PART_BYTES + 1)])
     assert [len(c) for c in cut] == [CHUNK_BYTES] * (PART_BYTES // CHUNK_BYTES) + [1]
+
+
+def stored_pieces(pieces: list[bytes]) -> list[bytes]:
+    return [piece for piece, _ in _stored_as(pieces)]
+
+
+def test_a_digest_given_with_a_piece_is_kept_where_the_piece_is_stored_as_it_is() -> None:
+    whole, short, big = b"w" * INLINE_BYTES, b"s" * 5, b"b" * (PART_BYTES + 1)
+    pieces = [whole, short, short, big]
+    digests = [hashlib.sha256(piece).digest() for piece in pieces]
+    stored = list(_stored_as(pieces, digests))
+    assert stored[0] == (whole, digests[0][:16])  # the store's digest: the first 16 bytes
+    assert stored[1] == (short * 2, None)  # a group, too short for a chunk: inline
+    parts = stored[2:]  # cut: the store takes the digest of each part
+    assert len(parts) > 1 and all(digest == hashlib.sha256(part).digest()[:16] for part, digest in parts)
+    assert [piece for piece, _ in stored] == stored_pieces(pieces)
 
 
 def test_new_chunks_are_written_in_batches_of_at_most_a_part() -> None:

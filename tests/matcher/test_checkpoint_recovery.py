@@ -10,7 +10,7 @@ import lmdb
 import msgspec
 import pytest
 
-from engine.engine import Engine
+from engine.engine import Engine, checkpoint_hash_v1
 from engine.messages import Side
 from journal import Journal, JournalError
 from journal.checkpoints import checkpoints_path
@@ -104,6 +104,33 @@ def test_a_checkpoint_whose_hash_does_not_match_its_state_is_skipped(tmp_path: P
     assert fast.engine.state_hash() == hashes[300]
     ((event, fields),) = [(e, f) for level, e, f in logger[1].lines if level == logging.WARNING]
     assert event == "checkpoint_skipped" and fields["seq"] == 260 and "state hash" in fields["reason"]
+
+
+def test_a_checkpoint_stored_with_a_version_1_state_hash_is_checked_against_it(
+    tmp_path: Path, logger: Any
+) -> None:
+    journal, store = _files(tmp_path)
+    hashes, snaps = build(journal, store, 300, [100])
+    # As a store written before state hashes took their version: the hash of the whole msgpack.
+    old = msgspec.structs.replace(snaps[0], snapshot_id="v1", seq=200)
+    engine_at_200 = _rebuild_to(journal, 200)
+    v1_hash = checkpoint_hash_v1(engine_at_200.checkpoint())
+    put(store, msgspec.structs.replace(old, state=engine_at_200.checkpoint(), state_hash=v1_hash))
+    # ... and one whose v1 hash is not its state's (seq 100's): skipped like any other lie.
+    put(store, msgspec.structs.replace(old, snapshot_id="v1-forged", seq=250, state_hash=v1_hash))
+    fast = _rebuild(journal, store, logger[0])
+    assert fast.checkpoint_id == "v1" and fast.checkpoint_seq == 200
+    assert fast.records == 100 and fast.engine.state_hash() == hashes[300]
+    ((event, fields),) = [(e, f) for level, e, f in logger[1].lines if level == logging.WARNING]
+    assert event == "checkpoint_skipped" and fields["seq"] == 250 and "state hash" in fields["reason"]
+
+
+def _rebuild_to(journal_path: Path, seq: int) -> Engine:
+    engine = Engine(SPEC)
+    with Journal(journal_path, readonly=True) as journal:
+        for record in journal.read(1, seq):
+            engine.process(record.command)
+    return engine
 
 
 def test_every_checkpoint_damaged_means_a_full_replay(tmp_path: Path, logger: Any) -> None:

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 
 from daemon.config import InstrumentConfig
-from engine.engine import Engine
+from engine.engine import Engine, checkpoint_hash_v1
 from engine.instrument import Instrument
 from engine.messages import NewOrder, Side, Trade
 from gateway import protocol as p
@@ -321,14 +321,19 @@ def _resting_orders(engine: Engine, first_seq: int, n: int, price: Callable[[int
     return records
 
 
-def test_the_checkpoint_it_starts_from_is_stored_again_in_its_own_pieces(standalone: Standalone) -> None:
+@pytest.mark.parametrize("hash_version", [2, 1])
+def test_the_checkpoint_it_starts_from_is_stored_again_in_its_own_pieces(
+    standalone: Standalone, hash_version: int
+) -> None:
     # A book of 4,000 orders on 20 levels, checkpointed as `put` stores a whole snapshot (in
-    # 64 KiB chunks, none of which a stepwise encoding makes again).
+    # 64 KiB chunks, none of which a stepwise encoding makes again); with a state hash of
+    # this version, or of version 1 (a checkpoint stored before state hashes had versions).
     path = journal_path(standalone.data_dir / "journal", "ETHUSDT")
     engine = Engine(ETH)
     with Journal(path) as journal:
         journal.append(_resting_orders(engine, 1, 4_000, lambda seq: 9_980 + seq % 20))
-    original = new_snapshot("ETHUSDT", 4_000, 0, engine.checkpoint(), engine.state_hash())
+    state_hash = engine.state_hash() if hash_version == 2 else checkpoint_hash_v1(engine.checkpoint())
+    original = new_snapshot("ETHUSDT", 4_000, 0, engine.checkpoint(), state_hash)
     with CheckpointStore(standalone.data_dir / "checkpoints.lmdb") as store:
         store.put(original)
     standalone.start()
