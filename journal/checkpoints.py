@@ -518,11 +518,11 @@ class CheckpointStore:
 
     def _sweep(self, txn: lmdb.Transaction, prefix: bytes, kept: list[bytes]) -> Generator[None, None, None]:
         """Delete the chunks under `prefix` that none of the checkpoints `kept` uses."""
-        used: set[bytes] = set()
+        used: set[int] = set()  # chunk ids: a key is built only for the chunks deleted
         for key in kept:
             pieces = _stored_pieces(txn.get(key, db=self._db))
             if pieces is not None:
-                used.update(_chunk_key(prefix, chunk_id) for chunk_id in pieces.chunks)
+                used.update(pieces.chunks)
             yield
         if self._chunks is None:
             return
@@ -533,7 +533,7 @@ class CheckpointStore:
                 key = bytes(stored)
                 if not key.startswith(prefix):
                     break
-                if key not in used:
+                if int.from_bytes(key[len(prefix) :], "big") not in used:
                     unused.append(key)
         for key in unused:
             txn.delete(key, db=self._chunks)
