@@ -28,6 +28,7 @@ import itertools
 import os
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -299,6 +300,21 @@ def _batches(new: list[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes
         yield batch
 
 
+def _uncount(uses: Counter[int], lists: list[list[int]]) -> list[int]:
+    """Take the chunk ids in `lists` (of checkpoints deleted) off `uses`; those no checkpoint
+    lists any more."""
+    unused: list[int] = []
+    for chunk_ids in lists:
+        for chunk_id in chunk_ids:
+            left = uses[chunk_id] - 1
+            if left > 0:
+                uses[chunk_id] = left
+            else:
+                uses.pop(chunk_id, None)
+                unused.append(chunk_id)
+    return unused
+
+
 def _stored_pieces(value: bytes | memoryview | None) -> StoredPieces | None:
     """The StoredPieces in `value`, or None: a whole Snapshot (a store before chunks), or a
     value too damaged to say (its CRC32 fails, or it does not decode)."""
@@ -329,6 +345,11 @@ class CheckpointStore:
         self._turns: dict[bytes, int] = {}
         self._ids: dict[bytes, dict[bytes, int]] = {}
         self._next_id: dict[bytes, int] = {}
+        # Per symbol: how many stored checkpoints list each chunk id, from the first prune
+        # on (which counts them all, and deletes the chunks none lists: those of a write a
+        # crash cut short); then each put adds its own, and each prune takes off those of
+        # the checkpoints it deletes, so it reads only their lists, not every kept one.
+        self._uses: dict[bytes, Counter[int]] = {}
         if readonly and not self.path.exists():
             raise FileNotFoundError(f"no checkpoint store at {self.path}")
         if not readonly:
@@ -421,18 +442,27 @@ class CheckpointStore:
                 with self._env.begin(write=True) as txn:
                     written += self._put_chunks(txn, batch)
                 yield
-            value = _encoder.encode(StoredPieces(PIECES_MARKER, [ids[digest] for digest in chunks], layout))
+            listed = [ids[digest] for digest in chunks]
+            value = _encoder.encode(StoredPieces(PIECES_MARKER, listed, layout))
             with self._env.begin(write=True) as txn:  # one synced commit: most checkpoints need no other
                 written += self._put_chunks(txn, batches[-1] if batches else [])
-                self._remove(txn, key)
+                replaced = self._remove(txn, key)
                 txn.put(key, zlib.crc32(value).to_bytes(_CRC, "big") + value, db=self._db)
         except BaseException:
             # `_to_write` counted the new chunks as stored: a write that failed (a full disk)
             # or stopped half way would have the next checkpoint list chunks that are not
-            # there. What is stored is read again instead.
+            # there. What is stored is read again instead (and counted again, with a scan
+            # for the chunks the failed write left behind).
             del self._ids[prefix]
+            self._uses.pop(prefix, None)
             raise
         self._digests[prefix] = taken
+        uses = self._uses.get(prefix)
+        if uses is not None:
+            if replaced:  # the chunks of what it replaced are counted still: count again
+                del self._uses[prefix]
+            else:
+                uses.update(listed)
         return Stored(size, written + _CRC + len(value), repaired)
 
     def _put_chunks(self, txn: lmdb.Transaction, batch: list[tuple[bytes, bytes]]) -> int:
@@ -490,17 +520,33 @@ class CheckpointStore:
         return run_to_end(self.prune_steps(symbol, keep))
 
     def prune_steps(self, symbol: str, keep: int) -> Generator[None, None, int]:
-        """`prune`, yielding after each kept checkpoint's list of chunks is read (its write
+        """`prune`, yielding after each checkpoint's list of chunks it reads (its write
         transaction stays open across: the store has no other writer, readers see the store
         as it was until it commits)."""
         prefix = symbol.encode() + b"\x00"
         with self._env.begin(write=True) as txn:
             keys = self._keys(txn, prefix)
             old, kept = keys[: max(0, len(keys) - keep)], keys[max(0, len(keys) - keep) :]
+            if not old:
+                return 0
+            uses = self._uses.pop(prefix, None)  # back once this prune is committed
+            dropped = [_stored_pieces(txn.get(key, db=self._db)) for key in old]
             for key in old:
                 self._remove(txn, key)
-            if old:
-                yield from self._sweep(txn, prefix, kept)
+            if uses is None or any(pieces is None for pieces in dropped):  # not counted, or not countable
+                uses = yield from self._count_uses(txn, kept)
+                unused = self._not_in(txn, prefix, uses)
+            else:
+                unused = _uncount(uses, [pieces.chunks for pieces in dropped if pieces is not None])
+            if self._chunks is not None:
+                for chunk_id in unused:
+                    txn.delete(_chunk_key(prefix, chunk_id), db=self._chunks)
+        self._uses[prefix] = uses
+        if unused:
+            gone = set(unused)
+            ids = self._ids.get(prefix, {})
+            for digest in [digest for digest, chunk_id in ids.items() if chunk_id in gone]:
+                del ids[digest]
         return len(old)
 
     def _keys(self, txn: lmdb.Transaction, prefix: bytes) -> list[bytes]:
@@ -516,38 +562,39 @@ class CheckpointStore:
                     keys.append(key)
         return keys
 
-    def _sweep(self, txn: lmdb.Transaction, prefix: bytes, kept: list[bytes]) -> Generator[None, None, None]:
-        """Delete the chunks under `prefix` that none of the checkpoints `kept` uses."""
-        used: set[int] = set()  # chunk ids: a key is built only for the chunks deleted
+    def _count_uses(self, txn: lmdb.Transaction, kept: list[bytes]) -> Generator[None, None, Counter[int]]:
+        """How many of the checkpoints `kept` list each chunk id (a damaged list: none)."""
+        uses: Counter[int] = Counter()
         for key in kept:
             pieces = _stored_pieces(txn.get(key, db=self._db))
             if pieces is not None:
-                used.update(pieces.chunks)
+                uses.update(pieces.chunks)
             yield
+        return uses
+
+    def _not_in(self, txn: lmdb.Transaction, prefix: bytes, uses: Counter[int]) -> list[int]:
+        """The ids of the chunks stored under `prefix` that `uses` does not count."""
+        unused: list[int] = []
         if self._chunks is None:
-            return
+            return unused
         cursor = txn.cursor(db=self._chunks)
-        unused: list[bytes] = []
         if cursor.set_range(prefix):
             for stored in cursor.iternext(values=False):
                 key = bytes(stored)
                 if not key.startswith(prefix):
                     break
-                if int.from_bytes(key[len(prefix) :], "big") not in used:
-                    unused.append(key)
-        for key in unused:
-            txn.delete(key, db=self._chunks)
-        gone = {int.from_bytes(key[len(prefix) :], "big") for key in unused}
-        ids = self._ids.get(prefix, {})
-        for digest in [digest for digest, chunk_id in ids.items() if chunk_id in gone]:
-            del ids[digest]
+                chunk_id = int.from_bytes(key[len(prefix) :], "big")
+                if chunk_id not in uses:
+                    unused.append(chunk_id)
+        return unused
 
-    def _remove(self, txn: lmdb.Transaction, key: bytes) -> None:
+    def _remove(self, txn: lmdb.Transaction, key: bytes) -> bool:
         """Delete the checkpoint at `key`, and its parts if a store before chunks wrote it
-        (its chunks stay until `prune` finds no checkpoint using them)."""
-        txn.delete(key, db=self._db)
+        (its chunks stay until `prune` finds no checkpoint using them); whether there was one."""
+        there: bool = txn.delete(key, db=self._db)
         for part_key in self._part_keys(txn, key):
             txn.delete(part_key, db=self._parts)
+        return there
 
     def _part_keys(self, txn: lmdb.Transaction, key: bytes) -> list[bytes]:
         if self._parts is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections import Counter
 from collections.abc import Callable, Generator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import msgspec
 import pytest
 
 from engine import Engine, Instrument
-from engine.messages import NewOrder, Side
+from engine.messages import Cancel, NewOrder, Side
 from engine.stepwise_checkpoint import LevelEncodings, encode_steps, run_to_end
 from journal.checkpoints import (
     CHUNK_BYTES,
@@ -155,7 +156,7 @@ def _book(levels: int, per_level: int) -> Engine:
 def _put_engine(store: CheckpointStore, engine: Engine, seq: int, reuse: LevelEncodings) -> Stored:
     encoded = run_to_end(encode_steps(engine, reuse=reuse))
     snap = new_snapshot("BTC", seq, 0, STATE_IN_PIECES, encoded.state_hash)
-    stored, _ = _drive(store.put_steps(snap, encoded.pieces))
+    stored, _ = _drive(store.put_steps(snap, encoded.pieces, encoded.digests))
     return stored
 
 
@@ -206,15 +207,49 @@ def test_prune_keeps_the_newest_of_one_symbol_and_the_chunks_they_use(tmp_path: 
         assert store.prune("BTC", 2) == 0 and store.prune("XRP", 2) == 0
         left = _chunk_count(store)
         assert left < others
-        with store._env.begin() as txn:
-            used = set()
-            for key in (b"BTC\x00" + (30).to_bytes(8, "big"), b"BTC\x00" + (40).to_bytes(8, "big"),
-                        b"BTCUSDT\x00" + (5).to_bytes(8, "big")):  # fmt: skip
-                pieces = _stored_pieces(txn.get(key, db=store._db))
-                assert pieces is not None
-                used |= {key[:-8] + chunk_id.to_bytes(8, "big") for chunk_id in pieces.chunks}
-            stored = {bytes(k) for k, _ in txn.cursor(db=store._chunks)}
-        assert stored == used  # every chunk left is used, and every one used is there
+        assert_every_chunk_is_used(store)
+
+
+def assert_every_chunk_is_used(store: CheckpointStore) -> None:
+    """Every chunk stored is used by a checkpoint, and every one used is there."""
+    with store._env.begin() as txn:
+        used = set()
+        for key, value in txn.cursor(db=store._db):
+            pieces = _stored_pieces(value)
+            assert pieces is not None
+            used |= {bytes(key)[:-8] + chunk_id.to_bytes(8, "big") for chunk_id in pieces.chunks}
+        stored = {bytes(k) for k, _ in txn.cursor(db=store._chunks)}
+    assert stored == used
+
+
+def test_prunes_after_the_first_count_the_chunks_of_what_they_delete(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.lmdb"
+    engine = _book(levels=10, per_level=200)
+    reuse = LevelEncodings()
+    with CheckpointStore(path) as store:
+        full_counts: list[int] = []  # how many kept checkpoints each full count read
+        count_uses = store._count_uses
+
+        def counting(txn: lmdb.Transaction, kept: list[bytes]) -> Generator[None, None, Counter[int]]:
+            full_counts.append(len(kept))
+            return (yield from count_uses(txn, kept))
+
+        store._count_uses = counting  # type: ignore[method-assign]
+        for n in range(1, 13):
+            seq = engine.last_seq
+            for i in range(1, 40, 3):  # cancels across the book: runs change, old chunks fall out of use
+                engine.process(Cancel(seq + i, 0, "a", (n * 97 + i * 31) % 2_000 + 1))
+                engine.process(NewOrder(seq + i + 1, 0, "b", f"n{n}-{i}", Side.BUY, 2, 1000 - i % 10))
+            _put_engine(store, engine, n * 10, reuse)
+            if n == 7:  # the same checkpoint stored again: what it replaced is counted no more
+                _put_engine(store, engine, n * 10, LevelEncodings())
+            assert store.prune("BTC", 3) == (1 if n > 3 else 0)
+            assert_every_chunk_is_used(store)
+            assert store.newest("BTC").state == engine.checkpoint()
+        assert full_counts == [3, 3]  # the first prune, and the one after the replacement
+        with store._env.begin() as txn:  # the counts kept are the ones a full count finds
+            lists = [_stored_pieces(value) for _, value in txn.cursor(db=store._db)]
+        assert store._uses[b"BTC\x00"] == Counter(i for pieces in lists if pieces for i in pieces.chunks)
 
 
 def test_a_damaged_chunk_fails_every_checkpoint_that_uses_it(tmp_path: Path) -> None:
