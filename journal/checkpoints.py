@@ -69,8 +69,10 @@ CHUNK_BYTES = 1 << 16
 # written whole by every checkpoint.
 GROUP_BITS = 6
 GROUP_BYTES = 4096
-# Pieces digested between two yields of `put_steps`.
+# Pieces listed between two yields of `put_steps`.
 PIECES_PER_STEP = 256
+# Chunk keys a full count in `prune_steps` scans between two yields.
+KEYS_PER_STEP = 1_000
 # Of the chunks a checkpoint uses that the store already holds, it reads back one in
 # SCRUB_EVERY (by digest, a different sixteenth each time) and rewrites any that no longer
 # match their digest: a damaged chunk fails every checkpoint that lists it, and would be
@@ -535,9 +537,10 @@ class CheckpointStore:
                 self._remove(txn, key)
             if uses is None or any(pieces is None for pieces in dropped):  # not counted, or not countable
                 uses = yield from self._count_uses(txn, kept)
-                unused = self._not_in(txn, prefix, uses)
+                unused = yield from self._not_in(txn, prefix, uses)
             else:
                 unused = _uncount(uses, [pieces.chunks for pieces in dropped if pieces is not None])
+                yield
             if self._chunks is not None:
                 for chunk_id in unused:
                     txn.delete(_chunk_key(prefix, chunk_id), db=self._chunks)
@@ -572,20 +575,25 @@ class CheckpointStore:
             yield
         return uses
 
-    def _not_in(self, txn: lmdb.Transaction, prefix: bytes, uses: Counter[int]) -> list[int]:
-        """The ids of the chunks stored under `prefix` that `uses` does not count."""
+    def _not_in(
+        self, txn: lmdb.Transaction, prefix: bytes, uses: Counter[int]
+    ) -> Generator[None, None, list[int]]:
+        """The ids of the chunks stored under `prefix` that `uses` does not count, yielding
+        after every KEYS_PER_STEP keys scanned."""
         unused: list[int] = []
         if self._chunks is None:
             return unused
         cursor = txn.cursor(db=self._chunks)
         if cursor.set_range(prefix):
-            for stored in cursor.iternext(values=False):
+            for n, stored in enumerate(cursor.iternext(values=False), 1):
                 key = bytes(stored)
                 if not key.startswith(prefix):
                     break
                 chunk_id = int.from_bytes(key[len(prefix) :], "big")
                 if chunk_id not in uses:
                     unused.append(chunk_id)
+                if n % KEYS_PER_STEP == 0:
+                    yield
         return unused
 
     def _remove(self, txn: lmdb.Transaction, key: bytes) -> bool:
