@@ -31,7 +31,7 @@ from engine.messages import Trade
 from gateway import protocol as p
 from gateway.client import Client
 from journal import decode, encode, key
-from tests.e2e.conftest import ROOT, Daemon
+from tests.e2e.conftest import ROOT, Daemon, interruptible
 
 # What the fixture's orders put in the BTCUSDT journal, seq by seq.
 BTC_RECORDS = 6
@@ -281,7 +281,7 @@ def test_tail_follow_on_a_live_daemon(daemon: Daemon, tmp_path: Path) -> None:
         follower = subprocess.Popen(
             [sys.executable, "-m", "cli", "journal", "tail", "BTCUSDT", "-n", "1", "-f",
              "--config", str(live.config_path)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
         )  # fmt: skip
         assert follower.stdout is not None
         assert seqs(read_line(follower.stdout, 10)) == [6]  # the last record, then it follows

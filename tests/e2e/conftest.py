@@ -23,6 +23,13 @@ from daemon.notify import parse
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def interruptible() -> None:
+    """`preexec_fn` of a CLI process that a test stops with SIGINT, as Ctrl-C would: SIGINT
+    back to its default, for tests run as a shell's background job, which ignores SIGINT
+    (and a Python child that starts with it ignored keeps ignoring it, so never stops)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,7 +18,7 @@ from engine.messages import RejectReason
 from gateway import admin
 from gateway import protocol as p
 from gateway.client import Client
-from tests.e2e.conftest import ROOT, Daemon
+from tests.e2e.conftest import ROOT, Daemon, interruptible
 
 
 def clob(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
@@ -93,7 +93,7 @@ def test_status_admin_socket_and_book_watch(daemon: Daemon) -> None:
         watch = subprocess.Popen(
             [sys.executable, "-m", "cli", "book", "BTCUSDT", "--watch", "--interval", "0.2",
              "--config", str(daemon.config_path)],
-            cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
         )  # fmt: skip
         started = time.monotonic()
         while time.monotonic() - started < 10:
