@@ -31,7 +31,7 @@ from engine.messages import Trade
 from gateway import protocol as p
 from gateway.client import Client
 from journal import decode, encode, key
-from tests.e2e.conftest import ROOT, Daemon, interruptible
+from tests.e2e.conftest import ROOT, Daemon, interruptible, stopped
 
 # What the fixture's orders put in the BTCUSDT journal, seq by seq.
 BTC_RECORDS = 6
@@ -291,11 +291,13 @@ def test_tail_follow_on_a_live_daemon(daemon: Daemon, tmp_path: Path) -> None:
         line = read_line(follower.stdout, 5)
         assert seqs(line) == [7] and "carol" in line and "new buy 0.2500 @ 99.50" in line
     finally:
-        if follower is not None:
-            follower.send_signal(signal.SIGINT)
-            _, err = follower.communicate(timeout=5)
-            assert follower.returncode == 0, err
-        assert live.stop() == 0, live.log()
+        try:
+            if follower is not None:
+                follower.send_signal(signal.SIGINT)
+                _, err = stopped(follower, 5)
+                assert follower.returncode == 0, err
+        finally:  # even when the follower would not stop: no daemon left running
+            assert live.stop() == 0, live.log()
 
 
 def read_line(stream: IO[str], timeout: float) -> str:

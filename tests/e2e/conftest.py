@@ -23,6 +23,17 @@ from daemon.notify import parse
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def stopped(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """`proc.communicate(timeout)`; a process still running then is killed (not left behind
+    by the failing test) and the timeout raised."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
 def interruptible() -> None:
     """`preexec_fn` of a CLI process that a test stops with SIGINT, as Ctrl-C would: SIGINT
     back to its default, for tests run as a shell's background job, which ignores SIGINT

@@ -18,7 +18,7 @@ from engine.messages import RejectReason
 from gateway import admin
 from gateway import protocol as p
 from gateway.client import Client
-from tests.e2e.conftest import ROOT, Daemon, interruptible
+from tests.e2e.conftest import ROOT, Daemon, interruptible, stopped
 
 
 def clob(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
@@ -102,7 +102,7 @@ def test_status_admin_socket_and_book_watch(daemon: Daemon) -> None:
             assert watch.poll() is None, watch.stderr.read() if watch.stderr else ""
             time.sleep(0.1)
         watch.send_signal(signal.SIGINT)
-        _, err = watch.communicate(timeout=10)
+        _, err = stopped(watch, 10)
     printed = out_path.read_text()
     assert watch.returncode == 0, err
     assert printed.count("BTCUSDT  seq 4") >= 2 and "-" * 40 in printed
