@@ -678,7 +678,8 @@ class Engine:
 # prefix) hashed the checkpoint's whole msgpack at once, so every checkpoint rehashed the
 # whole book; checkpoints stored with one are still checked against it.
 STATE_HASH_V2: Final = "v2:"
-STATE_HASH_V2_DOMAIN: Final = b"clobd state hash v2\x00"
+_STATE_HASH_V2_DOMAIN: Final = b"clobd state hash v2\x00"
+_SHA256_BYTES: Final = 32
 
 
 def checkpoint_hash(checkpoint: Checkpoint) -> str:
@@ -703,17 +704,27 @@ def checkpoint_hash_v1(checkpoint: Checkpoint) -> str:
     return hashlib.sha256(_encode(checkpoint)).hexdigest()
 
 
+def state_hash_of(counters: bytes, bid_runs: bytes, ask_runs: bytes) -> str:
+    """`checkpoint_hash` from its parts: the msgpack of the checkpoint with no orders, and
+    each side's run digests (SHA-256, best level first) joined."""
+    digest = hashlib.sha256(_STATE_HASH_V2_DOMAIN)
+    digest.update(counters)
+    for runs in (bid_runs, ask_runs):
+        digest.update((len(runs) // _SHA256_BYTES).to_bytes(8, "big"))
+        digest.update(runs)
+    return STATE_HASH_V2 + digest.hexdigest()
+
+
 def _state_hash(
     counters: Checkpoint, bid_runs: Iterable[list[RestingOrder]], ask_runs: Iterable[list[RestingOrder]]
 ) -> str:
     """`checkpoint_hash` of the checkpoint with `counters`' fields and these runs of orders."""
-    digest = hashlib.sha256(STATE_HASH_V2_DOMAIN)
-    digest.update(_encode(msgspec.structs.replace(counters, bids=[], asks=[])))
-    for side_runs in (bid_runs, ask_runs):
-        runs = [hashlib.sha256(array_items(run)).digest() for run in side_runs]
-        digest.update(len(runs).to_bytes(8, "big"))
-        digest.update(b"".join(runs))
-    return STATE_HASH_V2 + digest.hexdigest()
+    no_orders = _encode(msgspec.structs.replace(counters, bids=[], asks=[]))
+    return state_hash_of(no_orders, _run_digests(bid_runs), _run_digests(ask_runs))
+
+
+def _run_digests(runs: Iterable[list[RestingOrder]]) -> bytes:
+    return b"".join([hashlib.sha256(array_items(run)).digest() for run in runs])
 
 
 def _side_runs(side: BookSide) -> Iterator[list[RestingOrder]]:

@@ -32,7 +32,7 @@ from typing import NamedTuple, TypeVar
 import msgspec
 
 from engine.book import Level
-from engine.engine import STATE_HASH_V2, STATE_HASH_V2_DOMAIN, Engine, array_header, array_items, resting_runs
+from engine.engine import Engine, array_header, array_items, resting_runs, state_hash_of
 
 # Orders walked and encoded per step: 0.25 ms of one core in a quiet process here, about
 # twice that in the snapshotter beside loaded matchers (cold caches). A level reused as it
@@ -114,8 +114,6 @@ def encode_steps(
     prefix, suffix = _counters_around_orders(engine)
     pieces: list[bytes] = [prefix]
     digests: list[bytes | None] = [None]
-    state = _sha256(STATE_HASH_V2_DOMAIN)
-    state.update(prefix + _EMPTY_ARRAYS + suffix)  # the counters, as checkpoint_hash has them
     side_runs: list[bytes] = []  # per side: the SHA-256 of each run, best level first
     resting = 0
     work = 0  # orders encoded and levels reused since the last yield
@@ -143,14 +141,13 @@ def encode_steps(
             raise RuntimeError(f"book walk found {walked} orders on a side whose levels count {count}")
         resting += walked
         side_runs.append(b"".join(runs))
-    for runs_of_side in side_runs:
-        state.update((len(runs_of_side) // _SHA256_BYTES).to_bytes(8, "big"))
-        state.update(runs_of_side)
     pieces.append(suffix)
     digests.append(None)
     if reuse is not None:
         reuse.levels = kept
-    return EncodedState(tuple(pieces), tuple(digests), STATE_HASH_V2 + state.hexdigest(), resting)
+    bid_runs, ask_runs = side_runs
+    state_hash = state_hash_of(prefix + _EMPTY_ARRAYS + suffix, bid_runs, ask_runs)  # counters: no orders
+    return EncodedState(tuple(pieces), tuple(digests), state_hash, resting)
 
 
 def _encoded_level(
@@ -213,7 +210,6 @@ def _counters_around_orders(engine: Engine) -> tuple[bytes, bytes]:
 
 _NOTHING = msgspec.Raw(b"")
 _EMPTY_ARRAYS = _encode([]) * 2  # the bid and ask arrays of a book with no orders
-_SHA256_BYTES = 32
 
 
 def run_to_end(steps: Generator[None, None, T]) -> T:

@@ -246,7 +246,7 @@ StoredPiece = tuple[bytes, bytes | None]  # a piece as stored, and its chunk dig
 def _stored_as(
     pieces: list[bytes],
     digests: Sequence[bytes | None] | None = None,
-    digest_of: Callable[[bytes], bytes] = lambda piece: _digest(piece),
+    digest_of: Callable[[bytes], bytes] = _digest,
 ) -> Iterator[StoredPiece]:
     """`pieces` as they are stored, each with its chunk digest, or None for one kept inline
     (shorter than INLINE_BYTES): those longer than PART_BYTES cut into CHUNK_BYTES each (no
