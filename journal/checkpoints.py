@@ -518,13 +518,16 @@ class CheckpointStore:
 
     def prune(self, symbol: str, keep: int) -> int:
         """Delete all but `symbol`'s newest `keep` checkpoints, and the chunks only they
-        used, in one synced transaction; how many checkpoints were deleted."""
+        used (the checkpoints in one synced transaction, with the first PART_BYTES of those
+        chunks); how many checkpoints were deleted."""
         return run_to_end(self.prune_steps(symbol, keep))
 
     def prune_steps(self, symbol: str, keep: int) -> Generator[None, None, int]:
         """`prune`, yielding after each checkpoint's list of chunks it reads (its write
         transaction stays open across: the store has no other writer, readers see the store
-        as it was until it commits)."""
+        as it was until it commits), and between the synced transactions that delete chunks
+        beyond the first PART_BYTES of them. A crash between those leaves chunks that no
+        checkpoint lists, for the next process's first prune to find."""
         prefix = symbol.encode() + b"\x00"
         with self._env.begin(write=True) as txn:
             keys = self._keys(txn, prefix)
@@ -541,16 +544,42 @@ class CheckpointStore:
             else:
                 unused = _uncount(uses, [pieces.chunks for pieces in dropped if pieces is not None])
                 yield
-            if self._chunks is not None:
-                for chunk_id in unused:
-                    txn.delete(_chunk_key(prefix, chunk_id), db=self._chunks)
+            rest = self._delete_chunks(txn, prefix, unused)
         self._uses[prefix] = uses
-        if unused:
-            gone = set(unused)
+        self._forget(prefix, unused)
+        try:
+            while rest:
+                yield
+                with self._env.begin(write=True) as txn:
+                    rest = self._delete_chunks(txn, prefix, rest)
+        except BaseException:
+            self._uses.pop(prefix, None)  # the chunks left are in no list: the next prune finds them
+            raise
+        return len(old)
+
+    def _delete_chunks(self, txn: lmdb.Transaction, prefix: bytes, chunk_ids: list[int]) -> list[int]:
+        """Delete the chunks `chunk_ids` in `txn` up to PART_BYTES of them; those left.
+
+        A first prune may find megabytes of chunks no checkpoint lists (a store written
+        whole, whose pieces the snapshotter stored again, or writes a crash cut short): like
+        the writes (PART_BYTES), their deletes are bounded per synced transaction."""
+        if self._chunks is None:
+            return []
+        size = 0
+        for n, chunk_id in enumerate(chunk_ids):
+            if size >= PART_BYTES:
+                return chunk_ids[n:]
+            value = txn.pop(_chunk_key(prefix, chunk_id), db=self._chunks)
+            size += 0 if value is None else len(value)
+        return []
+
+    def _forget(self, prefix: bytes, chunk_ids: list[int]) -> None:
+        """Drop `chunk_ids` from the chunks a put finds stored: it writes such a piece anew."""
+        if chunk_ids:
+            gone = set(chunk_ids)
             ids = self._ids.get(prefix, {})
             for digest in [digest for digest, chunk_id in ids.items() if chunk_id in gone]:
                 del ids[digest]
-        return len(old)
 
     def _keys(self, txn: lmdb.Transaction, prefix: bytes) -> list[bytes]:
         """The keys of the checkpoints under `prefix` (symbol, NUL), oldest first."""

@@ -4,6 +4,7 @@ piece stored once and only the new ones written."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import zlib
 from collections import Counter
 from collections.abc import Callable, Generator
@@ -250,6 +251,67 @@ def test_prunes_after_the_first_count_the_chunks_of_what_they_delete(tmp_path: P
         with store._env.begin() as txn:  # the counts kept are the ones a full count finds
             lists = [_stored_pieces(value) for _, value in txn.cursor(db=store._db)]
         assert store._uses[b"BTC\x00"] == Counter(i for pieces in lists if pieces for i in pieces.chunks)
+
+
+def _chunk_bytes(store: CheckpointStore) -> int:
+    """Bytes of chunks stored, as a reader sees them."""
+    with store._env.begin(buffers=True) as txn:
+        return sum(len(value) for _, value in txn.cursor(db=store._chunks))
+
+
+def _orphaning_store(store: CheckpointStore, engine: Engine) -> None:
+    """A store whose oldest checkpoint, written whole, holds about 1 MiB of chunks that no
+    later one uses (the snapshotter stores its own checkpoints in pieces)."""
+    store.put(_snapshot("BTC", 10, 60_000))
+    reuse = LevelEncodings()
+    for seq in (20, 30):
+        _put_engine(store, engine, seq, reuse)
+
+
+def test_a_prune_deletes_many_chunks_in_bounded_transactions(tmp_path: Path) -> None:
+    engine = _book(levels=10, per_level=200)
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        _orphaning_store(store, engine)
+        seen = [_chunk_bytes(store)]
+        steps = store.prune_steps("BTC", 2)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                assert done.value == 1
+                break
+            seen.append(_chunk_bytes(store))
+        deleted = [before - after for before, after in itertools.pairwise(seen) if before != after]
+        assert sum(deleted) > 3 * PART_BYTES
+        assert len(deleted) >= 4 and max(deleted) < PART_BYTES + CHUNK_BYTES + 64
+        assert_every_chunk_is_used(store)
+        assert store.newest("BTC").state == engine.checkpoint()
+
+
+@pytest.mark.parametrize("reopened", [False, True], ids=["same process", "next process"])
+def test_chunks_a_prune_stopped_before_deleting_are_found_by_the_next(tmp_path: Path, reopened: bool) -> None:
+    path = tmp_path / "checkpoints.lmdb"
+    engine = _book(levels=10, per_level=200)
+    store = CheckpointStore(path)
+    try:
+        _orphaning_store(store, engine)
+        steps = store.prune_steps("BTC", 2)
+        listed = _chunk_bytes(store)
+        while _chunk_bytes(store) == listed:
+            next(steps)
+        steps.close()  # a crash, or an error, between two of its transactions
+        assert [i.seq for i in store.infos("BTC")] == [20, 30]
+        with pytest.raises(AssertionError):
+            assert_every_chunk_is_used(store)
+        if reopened:
+            store.close()
+            store = CheckpointStore(path)
+        _put_engine(store, engine, 40, LevelEncodings())
+        assert store.prune("BTC", 2) == 1
+        assert_every_chunk_is_used(store)
+        assert store.newest("BTC").state == engine.checkpoint()
+    finally:
+        store.close()
 
 
 def test_a_damaged_chunk_fails_every_checkpoint_that_uses_it(tmp_path: Path) -> None:
