@@ -48,6 +48,7 @@ class Order:
         "prev",
         "next",
         "by_client",
+        "stamp",
     )
 
     def __init__(
@@ -80,12 +81,16 @@ class Order:
         # Its account's client-order-id index (`Engine.accounts`), so that leaving the
         # book costs no lookup of the account.
         self.by_client: dict[str, Order] = _NO_INDEX
+        # Its level's `version` when it was last appended or shrunk there: an order stamped
+        # at or before the version a reader saw its level at is as that reader saw it.
+        self.stamp = 0
 
 
 class Level:
     """One price's queue. Every change to the queue or to an order in it is counted in
     `version` by `append`, `remove` or `shrink` (an order's `qty` changes only beside a
-    `shrink`), and every change but an append in `reshapes` too."""
+    `shrink`), every change but an append in `reshapes` too, and the order appended or
+    shrunk is stamped with the new version."""
 
     __slots__ = ("price", "head", "tail", "total", "live", "version", "reshapes")
 
@@ -115,6 +120,7 @@ class Level:
         self.total += order.remaining
         self.live += 1
         self.version += 1
+        order.stamp = self.version
 
     def remove(self, order: Order) -> None:
         """Unlink `order`, wherever it stands; its open quantity leaves the level's total."""
@@ -142,6 +148,7 @@ class Level:
         self.total -= qty
         self.version += 1
         self.reshapes += 1
+        order.stamp = self.version
 
     def last(self, n: int) -> Order | None:
         """The first of its last `n` orders (None if `n` is 0): walked from the back."""

@@ -825,25 +825,48 @@ def ends_run(order_id: int) -> bool:
     return ((order_id * RUN_HASH) & 0xFFFF_FFFF_FFFF_FFFF) >> (64 - RUN_BITS) == 0
 
 
-def resting_runs(
-    level: Level, newest: int = -1, run_so_far: int = 0
-) -> Iterator[tuple[list[RestingOrder], bool]]:
+def resting_runs(level: Level) -> Iterator[tuple[list[RestingOrder], bool]]:
     """`level`'s orders as `Engine.checkpoint()` lists them, in runs that end where `ends_run`
-    says or after MAX_RUN_ORDERS; with each, whether it ended so (else the level ended it).
-    Only its last `newest` orders if that is given: they continue a run of `run_so_far`."""
+    says or after MAX_RUN_ORDERS; with each, whether it ended so (else the level ended it)."""
+    order = level.head
+    while order is not None:
+        run, ended, order = run_from(order)
+        yield run, ended
+
+
+def run_from(order: Order | None, run_so_far: int = 0) -> tuple[list[RestingOrder], bool, Order | None]:
+    """The run that goes on from `order` (after `run_so_far` orders before it), as
+    `resting_runs` cuts it; whether it ended so; and the order after it."""
     run: list[RestingOrder] = []
     length = run_so_far
-    order = level.head if newest < 0 else level.last(newest)
     while order is not None:
         run.append(_resting(order))
         length += 1
+        after = order.next
         if ends_run(order.order_id) or length >= MAX_RUN_ORDERS:
-            yield run, True
-            run = []
-            length = 0
+            return run, True, after
+        order = after
+    return run, False, None
+
+
+def run_unchanged(first: Order, length: int, last_id: int, version: int) -> tuple[bool, Order | None]:
+    """Whether the `length` orders from `first` are, as they stand, a run its level held at
+    `version` (first `first`, last `last_id`, `length` long, ended by `ends_run` or at its
+    longest); and the order after them.
+
+    None of them was appended or shrunk since (`Order.stamp`), so each was in the level then,
+    as it is, and they stand in the order they stood; the run then went from `first` to
+    `last_id` over `length` orders, and these are as many: they are all of them. Only stamps
+    are read: no order is encoded, no run end computed.
+    """
+    order: Order | None = first
+    last = first
+    for _ in range(length):
+        if order is None or order.stamp > version:
+            return False, None
+        last = order
         order = order.next
-    if run:
-        yield run, False
+    return last.order_id == last_id, order
 
 
 def _resting(order: Order) -> RestingOrder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 
 import msgspec
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from engine import Engine
 from engine.engine import MAX_RUN_ORDERS, array_header, checkpoint_hash, ends_run, resting_runs
-from engine.messages import Cancel, Checkpoint, NewOrder, Side
+from engine.messages import Amend, Cancel, Checkpoint, Command, NewOrder, Side, TimeInForce
 from engine.stepwise_checkpoint import (
     EncodedLevel,
     EncodedState,
@@ -148,6 +149,80 @@ def test_a_level_only_appended_to_encodes_just_its_new_orders() -> None:
             assert after.pieces[cut:] == (b"".join((*before.pieces[cut:], new)),)
         assert after.open_orders == (0 if ends_run(oid) else before.open_orders + 1)
     assert closed_runs > 0  # the level's runs did close along the way
+
+
+def _deep_book_commands(seed: int, n: int) -> list[Command]:
+    """Orders on three bid prices (levels of hundreds of orders, many runs each), and what
+    reshapes a level anywhere along it: cancels, amends down (in place) and up (to the
+    back), amends to another price, and sells that fill from the front."""
+    rng = random.Random(seed)
+    out: list[Command] = []
+    for seq in range(1, n + 1):
+        roll = rng.random()
+        if roll < 0.55 or seq < 300:
+            price = rng.choice((100, 101, 102))
+            out.append(NewOrder(seq, seq, rng.choice("ab"), f"c{seq}", Side.BUY, rng.randint(1, 9), price))
+        elif roll < 0.75:
+            out.append(Cancel(seq, seq, rng.choice("ab"), rng.randint(1, seq)))
+        elif roll < 0.9:
+            qty = rng.choice((1, 2, 30))
+            price = rng.choice((0, 0, 100, 101))
+            out.append(Amend(seq, seq, rng.choice("ab"), rng.randint(1, seq), price=price, qty=qty))
+        else:
+            qty = rng.randint(1, 12)
+            out.append(NewOrder(seq, seq, "c", f"s{seq}", Side.SELL, qty, 102, tif=TimeInForce.IOC))
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), every=st.integers(1, 60))
+def test_a_reshaped_level_gives_the_same_checkpoint_as_one_encoded_anew(seed: int, every: int) -> None:
+    engine = Engine(SPEC)
+    encodings = LevelEncodings()
+    cmds = _deep_book_commands(seed, 1_500)
+    reused_runs = 0
+    for start in range(0, len(cmds), every):
+        before = dict(encodings.levels)
+        run(engine, cmds[start : start + every])
+        encoded = run_to_end(encode_steps(engine, 50, encodings))
+        assert encoded.state == msgspec.msgpack.encode(engine.checkpoint())
+        assert encoded.state_hash == engine.state_hash()
+        assert_digests_are_the_pieces(encoded)
+        fresh = LevelEncodings()
+        run_to_end(encode_steps(engine, 50, fresh))
+        for level, encoding in encodings.levels.items():
+            assert runs(encoding) == runs(fresh.levels[level])
+            assert encoding.spans == fresh.levels[level].spans
+            old = before.get(level)
+            if old is not None and old.reshapes != level.reshapes:  # walked: runs taken as they were
+                kept = {id(piece) for piece in old.pieces} & {id(piece) for piece in encoding.pieces}
+                reused_runs += len(kept)
+    assert max(level.live for level in engine.bids.levels.values()) > 3 * 64  # levels of many runs
+    assert reused_runs > 0  # and reshaped ones did keep some
+
+
+def test_a_cancel_encodes_again_only_the_run_it_was_in() -> None:
+    engine = Engine(SPEC)
+    for i in range(2_000):  # one level of about 31 runs
+        engine.process(NewOrder(i + 1, i + 1, "a", f"c{i}", Side.BUY, 1, 100))
+    encodings = LevelEncodings()
+    run_to_end(encode_steps(engine, 50, encodings))
+    level = engine.bids.levels[100]
+    before = encodings.levels[level]
+    runs_before = list(resting_runs(level))
+    middle = len(runs_before) // 2
+    victim = runs_before[middle][0][1].order_id  # not a run's last: its run stays a run
+    seq = engine.last_seq + 1
+    engine.process(Cancel(seq, seq, "a", victim))
+    encoded = run_to_end(encode_steps(engine, 50, encodings))
+    assert encoded.state == msgspec.msgpack.encode(engine.checkpoint())
+    after = encodings.levels[level]
+    cut = len(before.pieces) - before.open_pieces
+    same = [i for i in range(cut) if after.pieces[i] is before.pieces[i]]
+    assert same == [i for i in range(cut) if i != middle]  # every closed run but its own
+    assert after.pieces[middle] != before.pieces[middle]
+    assert before.open_pieces == after.open_pieces == 1  # and its open run, as it was
+    assert after.pieces[-1] is before.pieces[-1] and after.open_hash is not before.open_hash
 
 
 def test_runs_end_where_the_order_ids_say() -> None:
