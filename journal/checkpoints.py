@@ -69,8 +69,9 @@ CHUNK_BYTES = 1 << 16
 # written whole by every checkpoint.
 GROUP_BITS = 6
 GROUP_BYTES = 4096
-# Pieces listed between two yields of `put_steps`.
+# Pieces listed, and chunks read back and checked, between two yields of `put_steps`.
 PIECES_PER_STEP = 256
+SCRUBBED_PER_STEP = 32
 # Chunk keys a full count in `prune_steps` scans between two yields.
 KEYS_PER_STEP = 1_000
 # Of the chunks a checkpoint uses that the store already holds, it reads back one in
@@ -333,6 +334,25 @@ def _stored_pieces(value: bytes | memoryview | None) -> StoredPieces | None:
         return None
 
 
+class _ChunkIds:
+    """The chunks stored under one prefix: digest -> id, and back (a prune drops by id)."""
+
+    def __init__(self) -> None:
+        self.of: dict[bytes, int] = {}
+        self.digest_of: dict[int, bytes] = {}
+
+    def add(self, digest: bytes, chunk_id: int) -> None:
+        if digest not in self.of:  # a piece stored twice (a crash between): the first one found
+            self.of[digest] = chunk_id
+            self.digest_of[chunk_id] = digest
+
+    def drop(self, chunk_ids: list[int]) -> None:
+        for chunk_id in chunk_ids:
+            digest = self.digest_of.pop(chunk_id, None)
+            if digest is not None:
+                del self.of[digest]
+
+
 class CheckpointStore:
     """`CheckpointStore(path)` to write (the snapshotter), `readonly=True` to read."""
 
@@ -345,7 +365,7 @@ class CheckpointStore:
         # from the store on first use) and the next id.
         self._digests: dict[bytes, dict[bytes, bytes]] = {}
         self._turns: dict[bytes, int] = {}
-        self._ids: dict[bytes, dict[bytes, int]] = {}
+        self._ids: dict[bytes, _ChunkIds] = {}
         self._next_id: dict[bytes, int] = {}
         # Per symbol: how many stored checkpoints list each chunk id, from the first prune
         # on (which counts them all, and deletes the chunks none lists: those of a write a
@@ -435,17 +455,18 @@ class CheckpointStore:
             layout += [piece if digest is None else chunks.setdefault(digest, len(chunks))
                        for piece, digest in step]  # fmt: skip
             yield
-        new, repaired = self._to_write(prefix, chunks, stored, scrub_every)
-        ids = self._chunk_ids(prefix)
         written = 0
         try:
+            new, repaired = yield from self._to_write(prefix, chunks, stored, scrub_every)
             batches = list(_batches(new))
             for batch in batches[:-1]:
                 with self._env.begin(write=True) as txn:
                     written += self._put_chunks(txn, batch)
                 yield
+            ids = self._chunk_ids(prefix).of
             listed = [ids[digest] for digest in chunks]
             value = _encoder.encode(StoredPieces(PIECES_MARKER, listed, layout))
+            yield
             with self._env.begin(write=True) as txn:  # one synced commit: most checkpoints need no other
                 written += self._put_chunks(txn, batches[-1] if batches else [])
                 replaced = self._remove(txn, key)
@@ -455,7 +476,7 @@ class CheckpointStore:
             # or stopped half way would have the next checkpoint list chunks that are not
             # there. What is stored is read again instead (and counted again, with a scan
             # for the chunks the failed write left behind).
-            del self._ids[prefix]
+            self._ids.pop(prefix, None)
             self._uses.pop(prefix, None)
             raise
         self._digests[prefix] = taken
@@ -474,36 +495,43 @@ class CheckpointStore:
 
     def _to_write(
         self, prefix: bytes, chunks: dict[bytes, int], stored: list[StoredPiece], scrub_every: int
-    ) -> tuple[list[tuple[bytes, bytes]], int]:
+    ) -> Generator[None, None, tuple[list[tuple[bytes, bytes]], int]]:
         """The chunks (key, value) to write of `chunks` (digests; `stored` holds their pieces):
         those the store does not hold, under new ids, and those it holds damaged or lost (of
         the ones read back this turn, one in `scrub_every`), under their own; and how many
-        of those."""
+        of those. Yields after every SCRUBBED_PER_STEP chunks read back, and between the
+        steps after."""
         turn = self._turns[prefix] = self._turns.get(prefix, -1) + 1
         ids = self._chunk_ids(prefix)
         share = turn % scrub_every
         # Stored, by this process's account (it is the only writer): read back this turn's share.
-        scrubbed = [digest for digest in chunks if digest[0] % scrub_every == share and digest in ids]
+        scrubbed = [digest for digest in chunks if digest[0] % scrub_every == share and digest in ids.of]
         lost: list[bytes] = []
-        with self._env.begin(db=self._chunks, buffers=True) as txn:
-            cursor = txn.cursor()
-            for digest in scrubbed:
-                if not (cursor.set_key(_chunk_key(prefix, ids[digest])) and _intact(cursor.value())):
-                    lost.append(digest)  # lost or damaged: written again under its id, for all that list it
-        unknown = [digest for digest in chunks if digest not in ids]
+        for at in range(0, len(scrubbed), SCRUBBED_PER_STEP):
+            with self._env.begin(db=self._chunks, buffers=True) as txn:
+                cursor = txn.cursor()
+                for digest in scrubbed[at : at + SCRUBBED_PER_STEP]:
+                    # Lost or damaged: written again under its id, for all that list it.
+                    if not (cursor.set_key(_chunk_key(prefix, ids.of[digest])) and _intact(cursor.value())):
+                        lost.append(digest)
+            yield
+        unknown = [digest for digest in chunks if digest not in ids.of]
         for digest in unknown:
-            ids[digest] = self._next_id[prefix]
+            ids.add(digest, self._next_id[prefix])
             self._next_id[prefix] += 1
+        yield
         wanted = set(lost).union(unknown)
         piece_of = {digest: piece for piece, digest in stored if digest in wanted}
-        new = [(_chunk_key(prefix, ids[digest]), digest + piece_of[digest]) for digest in (*lost, *unknown)]
+        of = ids.of
+        new = [(_chunk_key(prefix, of[digest]), digest + piece_of[digest]) for digest in (*lost, *unknown)]
+        yield
         return new, len(lost)
 
-    def _chunk_ids(self, prefix: bytes) -> dict[bytes, int]:
-        """The chunks stored under `prefix`, digest -> id (read from the store once)."""
+    def _chunk_ids(self, prefix: bytes) -> _ChunkIds:
+        """The chunks stored under `prefix` (read from the store once)."""
         ids = self._ids.get(prefix)
         if ids is None:
-            ids, last = {}, 0
+            ids, last = _ChunkIds(), 0
             with self._env.begin(db=self._chunks, buffers=True) as txn:
                 cursor = txn.cursor()
                 if cursor.set_range(prefix):
@@ -512,7 +540,7 @@ class CheckpointStore:
                             break
                         chunk_id = int.from_bytes(key[len(prefix) :], "big")
                         last = max(last, chunk_id)
-                        ids.setdefault(bytes(value[:_DIGEST]), chunk_id)
+                        ids.add(bytes(value[:_DIGEST]), chunk_id)
             self._ids[prefix], self._next_id[prefix] = ids, last + 1
         return ids
 
@@ -538,6 +566,7 @@ class CheckpointStore:
             dropped = [_stored_pieces(txn.get(key, db=self._db)) for key in old]
             for key in old:
                 self._remove(txn, key)
+            yield
             if uses is None or any(pieces is None for pieces in dropped):  # not counted, or not countable
                 uses = yield from self._count_uses(txn, kept)
                 unused = yield from self._not_in(txn, prefix, uses)
@@ -575,11 +604,9 @@ class CheckpointStore:
 
     def _forget(self, prefix: bytes, chunk_ids: list[int]) -> None:
         """Drop `chunk_ids` from the chunks a put finds stored: it writes such a piece anew."""
-        if chunk_ids:
-            gone = set(chunk_ids)
-            ids = self._ids.get(prefix, {})
-            for digest in [digest for digest, chunk_id in ids.items() if chunk_id in gone]:
-                del ids[digest]
+        ids = self._ids.get(prefix)
+        if ids is not None:
+            ids.drop(chunk_ids)
 
     def _keys(self, txn: lmdb.Transaction, prefix: bytes) -> list[bytes]:
         """The keys of the checkpoints under `prefix` (symbol, NUL), oldest first."""
