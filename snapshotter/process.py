@@ -42,7 +42,7 @@ from daemon.logs import log
 from daemon.notify import notify
 from engine.engine import STATE_HASH_V2, Engine
 from engine.instrument import Instrument
-from engine.stepwise_checkpoint import LevelEncodings, encode_steps
+from engine.stepwise_checkpoint import EncodedState, LevelEncodings, encode_steps
 from journal import CorruptRecord, Journal, JournalError, Record, history, journal_path
 from journal.archive import ArchivedJournal
 from journal.checkpoints import (
@@ -71,6 +71,10 @@ MAX_RECORDS_PER_TURN = 5_000
 # back to back, ack p99 x1.14-1.16 over none instead of x1.18-1.22 (three runs each).
 SLICE_S = 0.001
 PAUSE_S = 0.005
+# At most this often per instrument, a checkpoint's encoding (which takes the runs the last
+# one encoded as they were, where no order in them changed) is checked against the book
+# encoded anew: the cost of one checkpoint of the whole book, once an hour.
+VERIFY_EVERY_S = 3600.0
 # The order-history index is written at most once per HISTORY_EVERY_S per instrument (or
 # per MAX_RECORDS_PER_TURN records): each write is a synced commit, and one per poll (20 a
 # second under load) cost the matchers' ack p99 about 15% on this VM (2.15 ms against
@@ -116,7 +120,7 @@ class Shadow:
 
     __slots__ = ("broken", "caught_up", "checkpointed_seq", "encodings", "engine", "history_due",
                  "history_pending", "journal", "path", "retry_at", "seq", "since", "spec",
-                 "symbol")  # fmt: skip
+                 "symbol", "verified_at")  # fmt: skip
 
     def __init__(self, spec: Instrument, path: Path) -> None:
         self.spec = spec
@@ -126,6 +130,7 @@ class Shadow:
         # The levels of its last checkpoint, encoded: the next one encodes only those that
         # changed (with checkpoints every few seconds, most of a deep book has not).
         self.encodings = LevelEncodings()
+        self.verified_at = time.monotonic()  # when a checkpoint's encoding was last checked
         self.seq = 0  # last journal seq applied to `engine`
         self.checkpointed_seq = 0  # seq of the last checkpoint written (or restored)
         self.since = 0  # records applied since that checkpoint
@@ -366,6 +371,8 @@ class Snapshotter:
         started = time.perf_counter()
         pause = 0.0 if reason == "stop" else PAUSE_S  # at stop the order path has stopped
         encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), pause)
+        if time.monotonic() - shadow.verified_at >= VERIFY_EVERY_S:
+            encoded = self._verified(shadow, encoded, pause)
         snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), STATE_IN_PIECES, encoded.state_hash)
         try:
             stored = _paced(self.store.put_steps(snap, encoded.pieces, encoded.digests), pause)
@@ -385,6 +392,23 @@ class Snapshotter:
             bytes=stored.size, written=stored.written,
             duration_ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
         self._prune(shadow.symbol)
+
+    def _verified(self, shadow: Shadow, encoded: EncodedState, pause: float) -> EncodedState:
+        """`encoded`, checked against the book encoded anew: what it took as it was from the
+        last checkpoint rests on every change to a level being counted (`Level.version`,
+        `Order.stamp`), and a change that is not would be written into every checkpoint
+        after it, hash and all, unseen until a replay from one trades differently. On a
+        mismatch the new encoding is the one stored, and reused from then on."""
+        fresh_levels = LevelEncodings()
+        fresh = _paced(encode_steps(shadow.engine, reuse=fresh_levels), pause)
+        shadow.verified_at = time.monotonic()
+        if fresh.state_hash == encoded.state_hash:
+            return encoded
+        self.alarms += 1
+        log(self.logger, "checkpoint_encoding_mismatch", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq,
+            reused_hash=encoded.state_hash, fresh_hash=fresh.state_hash)  # fmt: skip
+        shadow.encodings = fresh_levels
+        return fresh
 
     def _prune(self, symbol: str) -> None:
         keep = self.config.snapshotter.keep_checkpoints

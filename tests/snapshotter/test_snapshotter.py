@@ -440,3 +440,47 @@ def test_the_order_history_index_is_written_in_batches_not_every_turn(
         snapshotter.close()  # what is held back goes in at the end
         assert snapshotter.shadows[0].seq == 110
         assert index.cursor("BTCUSDT")[0] == 110
+
+
+@pytest.mark.parametrize("uncounted", [False, True], ids=["every change counted", "a change not counted"])
+def test_a_checkpoint_is_checked_against_the_book_encoded_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, uncounted: bool
+) -> None:
+    """What a checkpoint takes as it was from the last one rests on every change being
+    counted (`Level.version`, `Order.stamp`): once per VERIFY_EVERY_S (here: every time) it is
+    checked, and an order changed behind the level's back is caught and not stored."""
+    from daemon import config as daemon_config
+    from snapshotter import process
+
+    monkeypatch.setattr(process, "VERIFY_EVERY_S", 0.0)
+    config = daemon_config.load(Standalone(tmp_path).config)
+    path = journal_path(config.journal_dir(), "BTCUSDT")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(n: int) -> None:  # in another process: LMDB allows one handle per file per process
+        writer = multiprocessing.get_context("spawn").Process(target=append_bids, args=(path, n))
+        writer.start()
+        writer.join(60)
+        assert writer.exitcode == 0
+
+    append(300)  # one level of about five runs
+    with CheckpointStore(config.data_path / "checkpoints.lmdb") as store:
+        snapshotter = process.Snapshotter(config, store, logging.getLogger("test"))
+        snapshotter.initialise()
+        snapshotter.turn()
+        shadow = snapshotter.shadows[0]
+        snapshotter.checkpoint(shadow, "requested")
+        if uncounted:  # as a bug in the engine would: no version bumped, no stamp
+            level = shadow.engine.bids.levels[10_000]
+            assert level.head is not None
+            level.head.remaining += 5
+            level.total += 5
+        append(10)
+        snapshotter.turn()
+        snapshotter.checkpoint(shadow, "requested")
+        mismatches = [r for r in caplog.records if r.getMessage() == "checkpoint_encoding_mismatch"]
+        assert len(mismatches) == snapshotter.alarms == (1 if uncounted else 0)
+        newest = store.newest("BTCUSDT")
+        assert newest is not None and newest.seq == 310
+        assert newest.state == shadow.engine.checkpoint()
+        assert newest.state_hash == shadow.engine.state_hash()
