@@ -373,6 +373,10 @@ class CheckpointStore:
         # crash cut short); then each put adds its own, and each prune takes off those of
         # the checkpoints it deletes, so it reads only their lists, not every kept one.
         self._uses: dict[bytes, Counter[int]] = {}
+        # Per symbol: the chunks a prune has yet to delete, in its later transactions. A
+        # put that reads the stored chunks meanwhile (its counts dropped) must not take them
+        # as stored: it would list them, and the prune delete them.
+        self._deleting: dict[bytes, set[int]] = {}
         if readonly and not self.path.exists():
             raise FileNotFoundError(f"no checkpoint store at {self.path}")
         if not readonly:
@@ -540,6 +544,7 @@ class CheckpointStore:
         ids = self._ids.get(prefix)
         if ids is None:
             ids, last = _ChunkIds(), 0
+            deleting = self._deleting.get(prefix, set())
             with self._env.begin(db=self._chunks, buffers=True) as txn:
                 cursor = txn.cursor()
                 if cursor.set_range(prefix):
@@ -548,7 +553,8 @@ class CheckpointStore:
                             break
                         chunk_id = int.from_bytes(key[len(prefix) :], "big")
                         last = max(last, chunk_id)
-                        ids.add(bytes(value[:_DIGEST]), chunk_id)
+                        if chunk_id not in deleting:
+                            ids.add(bytes(value[:_DIGEST]), chunk_id)
             self._ids[prefix], self._next_id[prefix] = ids, last + 1
         return ids
 
@@ -584,6 +590,8 @@ class CheckpointStore:
             rest = self._delete_chunks(txn, prefix, unused)
         self._uses[prefix] = uses
         self._forget(prefix, unused)
+        if rest:
+            self._deleting[prefix] = set(rest)
         try:
             while rest:
                 yield
@@ -592,6 +600,8 @@ class CheckpointStore:
         except BaseException:
             self._uses.pop(prefix, None)  # the chunks left are in no list: the next prune finds them
             raise
+        finally:
+            self._deleting.pop(prefix, None)
         return len(old)
 
     def _delete_chunks(self, txn: lmdb.Transaction, prefix: bytes, chunk_ids: list[int]) -> list[int]:
