@@ -19,7 +19,7 @@ import lmdb
 import msgspec
 import pytest
 
-from daemon.config import InstrumentConfig
+from daemon.config import Config, InstrumentConfig
 from engine.engine import Engine, checkpoint_hash_v1
 from engine.instrument import Instrument
 from engine.messages import NewOrder, Side, Trade
@@ -385,6 +385,24 @@ def test_keeps_the_newest_checkpoints_and_deletes_older_ones(tmp_path: Path) -> 
             standalone.proc.kill()
 
 
+def standalone_btc(tmp_path: Path) -> tuple[Config, Callable[[int], None]]:
+    """A standalone snapshotter's configuration, and `append(n)`: `append_bids` to its
+    BTCUSDT journal in another process (LMDB allows one handle per file per process)."""
+    from daemon import config as daemon_config
+
+    config = daemon_config.load(Standalone(tmp_path).config)
+    path = journal_path(config.journal_dir(), "BTCUSDT")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(n: int) -> None:
+        writer = multiprocessing.get_context("spawn").Process(target=append_bids, args=(path, n))
+        writer.start()
+        writer.join(60)
+        assert writer.exitcode == 0
+
+    return config, append
+
+
 def append_bids(path: Path, n: int) -> None:
     """`n` more resting bids at the end of the journal at `path` (its records' events too)."""
     engine = Engine(BTC)
@@ -402,22 +420,12 @@ def test_the_order_history_index_is_written_in_batches_not_every_turn(
     """Held back until HISTORY_EVERY_S has passed (here: never) or MAX_RECORDS_PER_TURN
     records wait (here: 60), and written at close. The time-driven write is what the
     daemon's test of the index (tests/cli/test_history_cli.py) waits for."""
-    from daemon import config as daemon_config
     from journal.history import HistoryIndex
     from snapshotter import process
 
     monkeypatch.setattr(process, "HISTORY_EVERY_S", 3600.0)
     monkeypatch.setattr(process, "MAX_RECORDS_PER_TURN", 60)
-    config = daemon_config.load(Standalone(tmp_path).config)
-    path = journal_path(config.journal_dir(), "BTCUSDT")
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def append(n: int) -> None:  # in another process: LMDB allows one handle per file per process
-        writer = multiprocessing.get_context("spawn").Process(target=append_bids, args=(path, n))
-        writer.start()
-        writer.join(60)
-        assert writer.exitcode == 0
-
+    config, append = standalone_btc(tmp_path)
     append(30)
     with (
         CheckpointStore(config.data_path / "checkpoints.lmdb") as store,
@@ -449,20 +457,10 @@ def test_a_checkpoint_is_checked_against_the_book_encoded_anew(
     """What a checkpoint takes as it was from the last one rests on every change being
     counted (`Level.version`, `Order.stamp`): once per VERIFY_EVERY_S (here: every time) it is
     checked, and an order changed behind the level's back is caught and not stored."""
-    from daemon import config as daemon_config
     from snapshotter import process
 
     monkeypatch.setattr(process, "VERIFY_EVERY_S", 0.0)
-    config = daemon_config.load(Standalone(tmp_path).config)
-    path = journal_path(config.journal_dir(), "BTCUSDT")
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def append(n: int) -> None:  # in another process: LMDB allows one handle per file per process
-        writer = multiprocessing.get_context("spawn").Process(target=append_bids, args=(path, n))
-        writer.start()
-        writer.join(60)
-        assert writer.exitcode == 0
-
+    config, append = standalone_btc(tmp_path)
     append(300)  # one level of about five runs
     with CheckpointStore(config.data_path / "checkpoints.lmdb") as store:
         snapshotter = process.Snapshotter(config, store, logging.getLogger("test"))
