@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -41,10 +42,24 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+# `bind(port 0)` hands out a port of the range the kernel takes outgoing connections' ports
+# from (ip_local_port_range, 32768-60999 by default): a client socket of any process could
+# take it between the pick and the daemon's bind (seen in CI: the gateway's market-data
+# bind failed with EADDRINUSE). Below that range only listeners bind.
+_LISTEN_PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 nothing listens on, below the outgoing connections' range."""
+    for _ in range(100):
+        port = random.randrange(_LISTEN_PORTS.start, _LISTEN_PORTS.stop)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {_LISTEN_PORTS}")
 
 
 class Daemon:

@@ -23,6 +23,7 @@ from daemon import notify
 from engine import messages as E
 from gateway import protocol as P
 from matcher import link
+from tests.e2e.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_MS = 3000
@@ -38,12 +39,6 @@ min_qty = 100
 [[instruments]]
 symbol = "ETHUSDT"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class GatewayProcess:
