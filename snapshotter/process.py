@@ -414,6 +414,7 @@ class Snapshotter:
         keep = self.config.snapshotter.keep_checkpoints
         if not keep:
             return
+        started, cpu = time.perf_counter(), time.thread_time()
         try:
             deleted = _paced(self.store.prune_steps(symbol, keep), PAUSE_S)
         except lmdb.Error as exc:
@@ -422,7 +423,9 @@ class Snapshotter:
                 error=f"{type(exc).__name__}: {exc}")  # fmt: skip
             return
         if deleted:
-            log(self.logger, "checkpoints_pruned", symbol=symbol, deleted=deleted, kept=keep)
+            log(self.logger, "checkpoints_pruned", symbol=symbol, deleted=deleted, kept=keep,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                cpu_ms=round((time.thread_time() - cpu) * 1000, 1))  # fmt: skip
 
     # --- the loop -------------------------------------------------------------------------
 
