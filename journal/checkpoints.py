@@ -23,6 +23,7 @@ and are still read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -32,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self, cast
+from typing import NamedTuple, Self, cast
 
 import lmdb
 import msgspec
@@ -125,6 +126,16 @@ class Stored(msgspec.Struct, frozen=True):
     size: int  # bytes of the checkpoint (CRC32 + msgpack Snapshot), as `decode` reads it
     written: int  # bytes this write added: new chunks and the value that lists them
     repaired: int = 0  # chunks it found stored but damaged, and wrote again
+    pruned: int = 0  # older checkpoints it deleted (`put_steps` with `keep`)
+
+
+class _Pruning(NamedTuple):
+    """What a prune did in its transaction, for the store's counts once it is committed."""
+
+    deleted: int  # checkpoints
+    uses: Counter[int] | None  # the count of uses after it (None: count again next time)
+    unused: list[int]  # chunk ids no kept checkpoint lists any more
+    left: list[int]  # of those (and of the ones waiting before), the ones still stored
 
 
 class _Marker(msgspec.Struct, array_like=True):
@@ -384,9 +395,14 @@ class CheckpointStore:
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         reserve_lock_file(self.path)  # a full disk: ENOSPC here, not a SIGBUS inside LMDB
+        # metasync off: a commit flushes the disk once, not twice (each flush beside a
+        # matcher's journal fsync shows in its ack latency). LMDB keeps the file consistent;
+        # a crash of the machine may undo the last commit, and recovery then starts from the
+        # checkpoint before it. The journal, which acks depend on, syncs both.
+        self._readonly = readonly
         self._env = lmdb.open(
             str(self.path), subdir=False, readonly=readonly, map_size=map_size, max_dbs=4,
-            sync=True, metasync=True, readahead=False,
+            sync=True, metasync=False, readahead=False,
         )  # fmt: skip
         try:
             check_complete(self._env, self.path)  # a read past its end would be a SIGBUS
@@ -401,6 +417,11 @@ class CheckpointStore:
             raise
 
     def close(self) -> None:
+        if not self._readonly:
+            # The last commit's meta page too: a clean stop loses nothing. Closed already, or
+            # a disk that fails it: that checkpoint may be undone, as after a crash.
+            with contextlib.suppress(lmdb.Error):
+                self._env.sync(True)
         self._env.close()
 
     def __enter__(self) -> Self:
@@ -426,6 +447,7 @@ class CheckpointStore:
         digests: Sequence[bytes | None] | None = None,
         *,
         scrub_every: int = SCRUB_EVERY,
+        keep: int | None = None,
     ) -> Generator[None, None, Stored]:
         """`put`, yielding between bounded steps (pieces listed, a synced transaction of new
         chunks), so that the caller can pause between them.
@@ -440,6 +462,10 @@ class CheckpointStore:
         StoredPieces. A crash before that leaves chunks no checkpoint uses, for `prune` to
         delete. Only one process writes a store (the snapshotter): what it found stored is
         still there when it writes.
+
+        `keep`: prune in that last transaction too, as `prune(symbol, keep)` would after it.
+        Every commit of the store flushes the disk, and a flush beside a matcher's journal
+        fsync shows in its ack latency: one flush per checkpoint rather than two.
         """
         key = _key(snapshot.symbol, snapshot.seq)
         prefix = _chunk_prefix(key)
@@ -492,6 +518,12 @@ class CheckpointStore:
                 written += self._put_chunks(txn, batches[-1] if batches else [])
                 replaced = self._remove(txn, key)
                 txn.put(key, zlib.crc32(value).to_bytes(_CRC, "big") + value, db=self._db)
+                uses = self._uses.pop(prefix, None)
+                if replaced:  # the chunks of what it replaced are counted still: count again
+                    uses = None
+                elif uses is not None:
+                    uses.update(listed)
+                pruning = None if keep is None else (yield from self._pruning(txn, prefix, keep, uses))
         except BaseException:
             # `_to_write` counted the new chunks as stored: a write that failed (a full disk)
             # or stopped half way would have the next checkpoint list chunks that are not
@@ -501,13 +533,11 @@ class CheckpointStore:
             self._uses.pop(prefix, None)
             raise
         self._digests[prefix] = taken
-        uses = self._uses.get(prefix)
-        if uses is not None:
-            if replaced:  # the chunks of what it replaced are counted still: count again
-                del self._uses[prefix]
-            else:
-                uses.update(listed)
-        return Stored(size, written + _CRC + len(value), repaired)
+        if pruning is not None:
+            self._pruned(prefix, pruning)
+        elif uses is not None:
+            self._uses[prefix] = uses
+        return Stored(size, written + _CRC + len(value), repaired, 0 if pruning is None else pruning.deleted)
 
     def _put_chunks(self, txn: lmdb.Transaction, batch: list[tuple[bytes, bytes]]) -> int:
         for key, value in batch:
@@ -570,32 +600,44 @@ class CheckpointStore:
         transaction stays open across: the store has no other writer, readers see the store
         as it was until it commits)."""
         prefix = symbol.encode() + b"\x00"
-        waiting = self._deleting.get(prefix, [])
         with self._env.begin(write=True) as txn:
-            keys = self._keys(txn, prefix)
-            old, kept = keys[: max(0, len(keys) - keep)], keys[max(0, len(keys) - keep) :]
-            if not old and not waiting:
-                return 0
-            unused: list[int] = []
-            uses = self._uses.pop(prefix, None)  # back once this prune is committed
-            if old:
-                dropped = [_stored_pieces(txn.get(key, db=self._db)) for key in old]
-                for key in old:
-                    self._remove(txn, key)
+            pruning = yield from self._pruning(txn, prefix, keep, self._uses.pop(prefix, None))
+        self._pruned(prefix, pruning)
+        return pruning.deleted
+
+    def _pruning(
+        self, txn: lmdb.Transaction, prefix: bytes, keep: int, uses: Counter[int] | None
+    ) -> Generator[None, None, _Pruning]:
+        """Delete in `txn` all but the newest `keep` checkpoints under `prefix` and, up to
+        PART_BYTES, the chunks none of the others lists and those earlier prunes left.
+        `uses`: the count of uses of the checkpoints `txn` sees (None: it counts them)."""
+        waiting = self._deleting.get(prefix, [])
+        keys = self._keys(txn, prefix)
+        old, kept = keys[: max(0, len(keys) - keep)], keys[max(0, len(keys) - keep) :]
+        if not old and not waiting:
+            return _Pruning(0, uses, [], [])
+        unused: list[int] = []
+        if old:
+            dropped = [_stored_pieces(txn.get(key, db=self._db)) for key in old]
+            for key in old:
+                self._remove(txn, key)
+            yield
+            if uses is None or any(pieces is None for pieces in dropped):  # not counted, or not countable
+                uses = yield from self._count_uses(txn, kept)
+                unused = yield from self._not_in(txn, prefix, uses)  # those waiting among them
+                waiting = []
+            else:
+                unused = _uncount(uses, [pieces.chunks for pieces in dropped if pieces is not None])
                 yield
-                if uses is None or any(pieces is None for pieces in dropped):  # not counted, or not countable
-                    uses = yield from self._count_uses(txn, kept)
-                    unused = yield from self._not_in(txn, prefix, uses)  # those waiting among them
-                    waiting = []
-                else:
-                    unused = _uncount(uses, [pieces.chunks for pieces in dropped if pieces is not None])
-                    yield
-            left = self._delete_chunks(txn, prefix, [*waiting, *unused])
-        if uses is not None:
-            self._uses[prefix] = uses
-        self._forget(prefix, unused)
-        self._deleting[prefix] = left
-        return len(old)
+        left = self._delete_chunks(txn, prefix, [*waiting, *unused])
+        return _Pruning(len(old), uses, unused, left)
+
+    def _pruned(self, prefix: bytes, pruning: _Pruning) -> None:
+        """Take in what `pruning` did, now that its transaction is committed."""
+        if pruning.uses is not None:
+            self._uses[prefix] = pruning.uses
+        self._forget(prefix, pruning.unused)
+        self._deleting[prefix] = pruning.left
 
     def _delete_chunks(self, txn: lmdb.Transaction, prefix: bytes, chunk_ids: list[int]) -> list[int]:
         """Delete the chunks `chunk_ids` in `txn` up to PART_BYTES of them; those left.

@@ -368,14 +368,15 @@ class Snapshotter:
             return
         if reason in ("records", "interval") and time.monotonic() < shadow.retry_at:
             return
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         pause = 0.0 if reason == "stop" else PAUSE_S  # at stop the order path has stopped
         encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), pause)
         if time.monotonic() - shadow.verified_at >= VERIFY_EVERY_S:
             encoded = self._verified(shadow, encoded, pause)
         snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), STATE_IN_PIECES, encoded.state_hash)
         try:
-            stored = _paced(self.store.put_steps(snap, encoded.pieces, encoded.digests), pause)
+            keep = self.config.snapshotter.keep_checkpoints or None  # 0: keep them all
+            stored = _paced(self.store.put_steps(snap, encoded.pieces, encoded.digests, keep=keep), pause)
         except lmdb.Error as exc:
             shadow.retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             log(self.logger, "checkpoint_failed", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq,
@@ -390,8 +391,10 @@ class Snapshotter:
         log(self.logger, "checkpoint_written", symbol=shadow.symbol, seq=shadow.seq, reason=reason,
             snapshot_id=snap.snapshot_id, resting_orders=encoded.resting_orders,
             bytes=stored.size, written=stored.written,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
-        self._prune(shadow.symbol)
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            cpu_ms=round((time.thread_time() - cpu) * 1000, 1))  # fmt: skip
+        if stored.pruned:
+            log(self.logger, "checkpoints_pruned", symbol=shadow.symbol, deleted=stored.pruned, kept=keep)
 
     def _verified(self, shadow: Shadow, encoded: EncodedState, pause: float) -> EncodedState:
         """`encoded`, checked against the book encoded anew: what it took as it was from the
@@ -409,23 +412,6 @@ class Snapshotter:
             reused_hash=encoded.state_hash, fresh_hash=fresh.state_hash)  # fmt: skip
         shadow.encodings = fresh_levels
         return fresh
-
-    def _prune(self, symbol: str) -> None:
-        keep = self.config.snapshotter.keep_checkpoints
-        if not keep:
-            return
-        started, cpu = time.perf_counter(), time.thread_time()
-        try:
-            deleted = _paced(self.store.prune_steps(symbol, keep), PAUSE_S)
-        except lmdb.Error as exc:
-            # The new checkpoint is stored; the old ones wait for the next write.
-            log(self.logger, "checkpoint_prune_failed", logging.WARNING, symbol=symbol,
-                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-            return
-        if deleted:
-            log(self.logger, "checkpoints_pruned", symbol=symbol, deleted=deleted, kept=keep,
-                duration_ms=round((time.perf_counter() - started) * 1000, 1),
-                cpu_ms=round((time.thread_time() - cpu) * 1000, 1))  # fmt: skip
 
     # --- the loop -------------------------------------------------------------------------
 

@@ -153,11 +153,28 @@ def _book(levels: int, per_level: int) -> Engine:
     return engine
 
 
-def _put_engine(store: CheckpointStore, engine: Engine, seq: int, reuse: LevelEncodings) -> Stored:
+def _put_engine(
+    store: CheckpointStore, engine: Engine, seq: int, reuse: LevelEncodings, keep: int | None = None
+) -> Stored:
     encoded = run_to_end(encode_steps(engine, reuse=reuse))
     snap = new_snapshot("BTC", seq, 0, STATE_IN_PIECES, encoded.state_hash)
-    stored, _ = _drive(store.put_steps(snap, encoded.pieces, encoded.digests))
+    stored, _ = _drive(store.put_steps(snap, encoded.pieces, encoded.digests, keep=keep))
     return stored
+
+
+# A prune on its own (`prune`), or in the put's last transaction (`put_steps(keep=...)`, as
+# the snapshotter does): the same checkpoints and chunks deleted, the same counts kept.
+PRUNES = ["after the put", "in the put"]
+
+
+def _put_and_prune(
+    store: CheckpointStore, engine: Engine, seq: int, reuse: LevelEncodings, keep: int, how: str
+) -> int:
+    """A checkpoint of `engine`, then all but the newest `keep` deleted; how many were."""
+    if how == "in the put":
+        return _put_engine(store, engine, seq, reuse, keep=keep).pruned
+    _put_engine(store, engine, seq, reuse)
+    return store.prune("BTC", keep)
 
 
 def test_a_checkpoint_writes_only_the_pieces_the_store_does_not_hold(tmp_path: Path) -> None:
@@ -223,7 +240,8 @@ def assert_every_chunk_is_used(store: CheckpointStore) -> None:
     assert stored == used
 
 
-def test_prunes_after_the_first_count_the_chunks_of_what_they_delete(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", PRUNES)
+def test_prunes_after_the_first_count_the_chunks_of_what_they_delete(tmp_path: Path, how: str) -> None:
     path = tmp_path / "checkpoints.lmdb"
     engine = _book(levels=10, per_level=200)
     reuse = LevelEncodings()
@@ -241,10 +259,10 @@ def test_prunes_after_the_first_count_the_chunks_of_what_they_delete(tmp_path: P
             for i in range(1, 40, 3):  # cancels across the book: runs change, old chunks fall out of use
                 engine.process(Cancel(seq + i, 0, "a", (n * 97 + i * 31) % 2_000 + 1))
                 engine.process(NewOrder(seq + i + 1, 0, "b", f"n{n}-{i}", Side.BUY, 2, 1000 - i % 10))
-            _put_engine(store, engine, n * 10, reuse)
-            if n == 7:  # the same checkpoint stored again: what it replaced is counted no more
-                _put_engine(store, engine, n * 10, LevelEncodings())
-            assert store.prune("BTC", 3) == (1 if n > 3 else 0)
+            if n == 7:  # stored twice, the second encoded afresh: what it replaced is counted no more
+                _put_engine(store, engine, n * 10, reuse)
+            encodings = LevelEncodings() if n == 7 else reuse
+            assert _put_and_prune(store, engine, n * 10, encodings, 3, how) == (1 if n > 3 else 0)
             assert_every_chunk_is_used(store)
             assert store.newest("BTC").state == engine.checkpoint()
         assert full_counts == [3, 3]  # the first prune, and the one after the replacement
@@ -268,14 +286,13 @@ def _orphaning_store(store: CheckpointStore, engine: Engine) -> None:
         _put_engine(store, engine, seq, reuse)
 
 
-def _prune_until_clean(store: CheckpointStore, engine: Engine, seq: int) -> list[int]:
-    """Checkpoints of `engine` (no new chunks) from `seq` on, each followed by a prune that
-    keeps 2, until every chunk stored is listed; the bytes of chunks each prune deleted."""
+def _prune_until_clean(store: CheckpointStore, engine: Engine, seq: int, how: str = PRUNES[0]) -> list[int]:
+    """Checkpoints of `engine` (no new chunks) from `seq` on, each with a prune that keeps
+    2, until every chunk stored is listed; the bytes of chunks each prune deleted."""
     deleted = []
     for n in range(40):
         before = _chunk_bytes(store)
-        _put_engine(store, engine, seq + n, LevelEncodings())
-        assert store.prune("BTC", 2) >= 1
+        assert _put_and_prune(store, engine, seq + n, LevelEncodings(), 2, how) >= 1
         deleted.append(before - _chunk_bytes(store))
         try:
             assert_every_chunk_is_used(store)
@@ -285,11 +302,12 @@ def _prune_until_clean(store: CheckpointStore, engine: Engine, seq: int) -> list
     raise AssertionError(f"chunks still unlisted after 40 prunes: {deleted}")
 
 
-def test_prunes_delete_many_unlisted_chunks_a_bounded_amount_each(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", PRUNES)
+def test_prunes_delete_many_unlisted_chunks_a_bounded_amount_each(tmp_path: Path, how: str) -> None:
     engine = _book(levels=10, per_level=200)
     with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
         _orphaning_store(store, engine)
-        deleted = _prune_until_clean(store, engine, 40)
+        deleted = _prune_until_clean(store, engine, 40, how)
         assert sum(deleted) > 3 * PART_BYTES
         assert len(deleted) >= 4 and max(deleted) < PART_BYTES + CHUNK_BYTES + 64
         assert store.newest("BTC").state == engine.checkpoint()
@@ -306,6 +324,49 @@ def test_chunks_left_for_later_prunes_are_found_by_the_next_process(tmp_path: Pa
     with CheckpointStore(path) as store:
         assert len(_prune_until_clean(store, engine, 40)) >= 3
         assert store.newest("BTC").state == engine.checkpoint()
+
+
+def test_a_checkpoint_and_its_prune_are_one_commit(tmp_path: Path) -> None:
+    engine = _book(levels=10, per_level=200)
+    reuse = LevelEncodings()
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        for seq in (10, 20, 30):
+            _put_engine(store, engine, seq, reuse)
+        engine.process(NewOrder(50_000, 0, "b", "new", Side.BUY, 1, 1000))  # a new chunk to write
+        commits = store._env.info()["last_txnid"]
+        stored = _put_engine(store, engine, 40, reuse, keep=2)
+        assert store._env.info()["last_txnid"] == commits + 1
+        assert stored.pruned == 2 and stored.written > 0
+        assert [i.seq for i in store.infos("BTC")] == [30, 40]
+        assert store.newest("BTC").state == engine.checkpoint()
+        assert_every_chunk_is_used(store)
+
+
+def test_a_checkpoint_cut_short_in_its_prune_changes_nothing(tmp_path: Path) -> None:
+    engine = _book(levels=10, per_level=200)
+
+    def store_of_three(path: Path) -> CheckpointStore:
+        store, reuse = CheckpointStore(path), LevelEncodings()
+        for seq in (10, 20, 30):
+            engine.process(NewOrder(50_000 + seq, 0, "b", f"n{seq}", Side.BUY, 1, 1000 - seq % 7))
+            _put_engine(store, engine, seq, reuse)
+        return store
+
+    with store_of_three(tmp_path / "whole.lmdb") as store:
+        _, pauses = _drive(store.put_steps(_snapshot("BTC", 40, 3_000), keep=1))
+    assert pauses > 3
+    for cut in range(pauses):  # the last pauses are inside the transaction that prunes
+        with store_of_three(tmp_path / f"cut{cut}.lmdb") as store:
+            steps = store.put_steps(_snapshot("BTC", 40, 3_000), keep=1)
+            for _ in range(cut + 1):
+                next(steps)
+            steps.close()  # the "crash": its transaction is aborted
+            assert [i.seq for i in store.infos("BTC")] == [10, 20, 30]
+            assert store.newest("BTC").state == engine.checkpoint()
+            assert_every_chunk_is_used(store)
+            assert _put_engine(store, engine, 50, LevelEncodings(), keep=1).pruned == 3
+            assert [i.seq for i in store.infos("BTC")] == [50]
+            assert_every_chunk_is_used(store)
 
 
 def test_a_put_between_two_prunes_does_not_list_the_chunks_left_to_delete(tmp_path: Path) -> None:

@@ -374,7 +374,7 @@ def test_keeps_the_newest_checkpoints_and_deletes_older_ones(tmp_path: Path) -> 
 
                 wait_until(f"a checkpoint at {last}", checkpointed, 10, standalone.log)
 
-        def pruned() -> bool:  # pruning follows the newest write, in a transaction of its own
+        def pruned() -> bool:  # in the newest write's transaction
             return [s.seq for s in snapshots(standalone.data_dir, "ETHUSDT")] == [240, 300]
 
         wait_until("older checkpoints pruned", pruned, 10, standalone.log)
