@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple, Self, cast
+from typing import NamedTuple, Self, TypeVar, cast
 
 import lmdb
 import msgspec
@@ -138,6 +138,13 @@ class _Pruning(NamedTuple):
     left: list[int]  # of those (and of the ones waiting before), the ones still stored
 
 
+class _ListedChunks(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """The head of a StoredPieces: all a prune reads (msgspec skips the fields after it)."""
+
+    marker: str
+    chunks: list[int]
+
+
 class _Marker(msgspec.Struct, array_like=True):
     marker: str  # a StoredPieces' PIECES_MARKER, or a whole Snapshot's snapshot id
 
@@ -151,7 +158,9 @@ class CorruptSnapshot(Exception):
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Snapshot)
 _marker_decoder = msgspec.msgpack.Decoder(_Marker)
+_T = TypeVar("_T")
 _pieces_decoder = msgspec.msgpack.Decoder(StoredPieces)
+_listed_decoder = msgspec.msgpack.Decoder(_ListedChunks)
 
 
 # The `state` of a snapshot whose state is handed to `CheckpointStore.put_steps` as encoded
@@ -333,6 +342,16 @@ def _uncount(uses: Counter[int], lists: list[list[int]]) -> list[int]:
 def _stored_pieces(value: bytes | memoryview | None) -> StoredPieces | None:
     """The StoredPieces in `value`, or None: a whole Snapshot (a store before chunks), or a
     value too damaged to say (its CRC32 fails, or it does not decode)."""
+    return _decoded(value, _pieces_decoder)
+
+
+def _listed_chunks(value: bytes | memoryview | None) -> list[int] | None:
+    """`_stored_pieces(value).chunks`, in half the time: the layout is not decoded."""
+    listed = _decoded(value, _listed_decoder)
+    return None if listed is None else listed.chunks
+
+
+def _decoded(value: bytes | memoryview | None, decoder: msgspec.msgpack.Decoder[_T]) -> _T | None:
     if value is None:
         return None
     view = memoryview(value)
@@ -341,7 +360,7 @@ def _stored_pieces(value: bytes | memoryview | None) -> StoredPieces | None:
     try:
         if _marker_decoder.decode(view[_CRC:]).marker != PIECES_MARKER:
             return None
-        return _pieces_decoder.decode(view[_CRC:])
+        return decoder.decode(view[_CRC:])
     except msgspec.DecodeError:
         return None
 
@@ -618,16 +637,16 @@ class CheckpointStore:
             return _Pruning(0, uses, [], [])
         unused: list[int] = []
         if old:
-            dropped = [_stored_pieces(txn.get(key, db=self._db)) for key in old]
+            dropped = [_listed_chunks(txn.get(key, db=self._db)) for key in old]
             for key in old:
                 self._remove(txn, key)
             yield
-            if uses is None or any(pieces is None for pieces in dropped):  # not counted, or not countable
+            if uses is None or None in dropped:  # not counted, or not countable
                 uses = yield from self._count_uses(txn, kept)
                 unused = yield from self._not_in(txn, prefix, uses)  # those waiting among them
                 waiting = []
             else:
-                unused = _uncount(uses, [pieces.chunks for pieces in dropped if pieces is not None])
+                unused = _uncount(uses, [chunk_ids for chunk_ids in dropped if chunk_ids is not None])
                 yield
         left = self._delete_chunks(txn, prefix, [*waiting, *unused])
         return _Pruning(len(old), uses, unused, left)
@@ -682,9 +701,9 @@ class CheckpointStore:
         """How many of the checkpoints `kept` list each chunk id (a damaged list: none)."""
         uses: Counter[int] = Counter()
         for key in kept:
-            pieces = _stored_pieces(txn.get(key, db=self._db))
-            if pieces is not None:
-                uses.update(pieces.chunks)
+            chunk_ids = _listed_chunks(txn.get(key, db=self._db))
+            if chunk_ids is not None:
+                uses.update(chunk_ids)
             yield
         return uses
 
