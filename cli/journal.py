@@ -65,7 +65,7 @@ from journal.archive import (
 )
 from journal.archive import archive as archive_records
 from journal.archive import unarchive as unarchive_records
-from journal.checkpoints import CheckpointStore, checkpoints_path
+from journal.checkpoints import CheckpointStore, checkpoints_path, flush_store
 from journal.history import HistoryError, HistoryIndex, catch_up
 
 R = TypeVar("R")
@@ -831,6 +831,8 @@ def _archive_one(
         try:
             with CheckpointStore(store_file, readonly=True) as store:
                 seqs = usable_checkpoint_seqs(store, spec, last, wanted)
+            if seqs and not dry_run:
+                flush_store(store_file)  # what they cover may leave LMDB: they must not be undone
         except FileNotFoundError:  # the file holds no checkpoints yet
             seqs = []
     covered = seqs[wanted - 1] if len(seqs) >= wanted else 0

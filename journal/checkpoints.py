@@ -228,6 +228,21 @@ def checkpoints_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / FILE_NAME
 
 
+def flush_store(path: str | os.PathLike[str]) -> None:
+    """Make every checkpoint a reader has seen in the store at `path` durable.
+
+    The writer commits without flushing the meta page (`metasync` off), so a crash of the
+    machine may undo its newest checkpoint. Whoever deletes journal records because a
+    checkpoint covers them (`clob journal archive`) flushes the file first, after reading:
+    LMDB has no flush for a read-only handle, but fsync of any descriptor flushes the file.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _key(symbol: str, seq: int) -> bytes:
     return symbol.encode() + b"\x00" + seq.to_bytes(8, "big")
 
