@@ -15,12 +15,16 @@
    0.5 s (a checkpoint of the whole book taken again and again: the levels that changed
    encoded and hashed, the pieces the store does not hold yet written, and once 48 are
    kept the oldest pruned), in ABBA order. If one quiet window's p99 is over 3x another's,
-   the machine was disturbed: no verdict.
+   the machine was disturbed: no verdict. A diagnostic beside it: of the checkpointing
+   windows' acks slower than the quiet p99, the share that arrived while a checkpoint was
+   being taken (from the snapshotter's log), against the share of all their acks that did.
+   A host stall lands anywhere; a cost of checkpointing lands during checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import gc
 import multiprocessing
@@ -38,6 +42,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 if not __package__:  # run as `python bench/recovery.py`: import `bench` from the repo root
@@ -371,6 +376,54 @@ def window_medians(ckpt_p99s: list[float], quiet_p99s: list[float]) -> str:
     return f"{ckpt:.2f} / {quiet:.2f} ms (x{ckpt / quiet:.2f})"
 
 
+def ack_times_ns(res: LoadResult, rate: float) -> list[int]:
+    """When each ack of a paced window arrived (perf_counter ns): the client sends on an
+    absolute schedule from its first send (`e2e_load.paced`), and the matcher answers in
+    order, so ack i came its latency after send i."""
+    interval = 1e9 / rate
+    lat = array("q")
+    lat.frombytes(res.latencies_ns)
+    return [res.first_send_ns + int(i * interval) + ns for i, ns in enumerate(lat)]
+
+
+def checkpoint_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> list[tuple[int, int]]:
+    """(start, end) of each logged checkpoint on the perf_counter clock (CLOCK_MONOTONIC,
+    the same in every process): its line's time, to the millisecond, is when it ended."""
+    spans = []
+    for line in lines:
+        if "ts" in line and "duration_ms" in line:
+            end = int(datetime.fromisoformat(line["ts"]).timestamp() * 1e9) - wall_minus_perf_ns
+            spans.append((end - int(float(line["duration_ms"]) * 1e6), end))
+    return sorted(spans)
+
+
+def share_during(times: list[int], spans: list[tuple[int, int]]) -> float:
+    """The share of `times` that fall within one of `spans` (sorted, not overlapping)."""
+    starts = [start for start, _ in spans]
+    inside = 0
+    for t in times:
+        i = bisect.bisect_right(starts, t) - 1
+        inside += i >= 0 and t <= spans[i][1]
+    return inside / len(times) if times else float("nan")
+
+
+def slow_acks_during_checkpoints(results: list[LoadResult], rate: float, slow_ms: float,
+                                 spans: list[tuple[int, int]]) -> str:  # fmt: skip
+    """Of the checkpointing windows' acks slower than `slow_ms`, the share that arrived while a
+    checkpoint was being taken, against the share of all their acks that did: equal if the
+    checkpoints do not make acks slow, higher by as much as they do."""
+    slow, every = [], []
+    for res in results:
+        lat = latencies_ms(res)
+        for t, ms in zip(ack_times_ns(res, rate), lat, strict=True):
+            every.append(t)
+            if ms > slow_ms:
+                slow.append(t)
+    if not slow or not spans:
+        return "-"
+    return f"{share_during(slow, spans):.0%} of {len(slow):,} / {share_during(every, spans):.0%}"
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -490,6 +543,8 @@ def main() -> int:
         quiet_p99s: list[float] = []
         ckpt_p99s: list[float] = []
         costs = {False: WindowCost(), True: WindowCost()}  # by checkpointing
+        ckpt_results: list[LoadResult] = []
+        wall_minus_perf_ns = time.time_ns() - time.perf_counter_ns()
         try:
             daemon.start(120)
             pid = snapshotter_pid(daemon)
@@ -505,6 +560,7 @@ def main() -> int:
                         res, sent = checkpointing_window(daemon.endpoint, f"ckpt{r}", half, pid)
                         signals += sent
                         busy += latencies_ms(res)
+                        ckpt_results.append(res)
                     else:
                         res = load_window(daemon.endpoint, f"quiet{r}", half)
                         base += latencies_ms(res)
@@ -553,6 +609,9 @@ def main() -> int:
             ("   p99 per window, in order (ms)", ", ".join(per_window)),
             ("   median window's p99, checkpointing / quiet (diagnostic)",
              window_medians(ckpt_p99s, quiet_p99s)),
+            ("   acks > quiet p99 during a checkpoint / all (diagnostic)",
+             slow_acks_during_checkpoints(ckpt_results, sz.rate, p99a,
+                                          checkpoint_spans(taken, wall_minus_perf_ns))),
             (f"   checkpoints written in the window ({signals} SIGUSR1)", f"{len(taken)}"),
             ("   per quiet window: snapshotter CPU; disk written", costs[False].per_window()),
             ("   per checkpointing window: snapshotter CPU; disk written", costs[True].per_window()),
