@@ -343,20 +343,21 @@ def test_a_checkpoint_and_its_prune_are_one_commit(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_cut_short_in_its_prune_changes_nothing(tmp_path: Path) -> None:
-    engine = _book(levels=10, per_level=200)
-
-    def store_of_three(path: Path) -> CheckpointStore:
-        store, reuse = CheckpointStore(path), LevelEncodings()
+    def store_of_three(path: Path) -> tuple[CheckpointStore, Engine]:
+        """Checkpoints at 10, 20 and 30 of a book that changed between them."""
+        store, engine, reuse = CheckpointStore(path), _book(levels=10, per_level=200), LevelEncodings()
         for seq in (10, 20, 30):
             engine.process(NewOrder(50_000 + seq, 0, "b", f"n{seq}", Side.BUY, 1, 1000 - seq % 7))
             _put_engine(store, engine, seq, reuse)
-        return store
+        return store, engine
 
-    with store_of_three(tmp_path / "whole.lmdb") as store:
+    store, _ = store_of_three(tmp_path / "whole.lmdb")
+    with store:
         _, pauses = _drive(store.put_steps(_snapshot("BTC", 40, 3_000), keep=1))
     assert pauses > 3
     for cut in range(pauses):  # the last pauses are inside the transaction that prunes
-        with store_of_three(tmp_path / f"cut{cut}.lmdb") as store:
+        store, engine = store_of_three(tmp_path / f"cut{cut}.lmdb")
+        with store:
             steps = store.put_steps(_snapshot("BTC", 40, 3_000), keep=1)
             for _ in range(cut + 1):
                 next(steps)
