@@ -376,14 +376,14 @@ def window_medians(ckpt_p99s: list[float], quiet_p99s: list[float]) -> str:
     return f"{ckpt:.2f} / {quiet:.2f} ms (x{ckpt / quiet:.2f})"
 
 
-def ack_times_ns(res: LoadResult, rate: float) -> list[int]:
-    """When each ack of a paced window arrived (perf_counter ns): the client sends on an
-    absolute schedule from its first send (`e2e_load.paced`), and the matcher answers in
-    order, so ack i came its latency after send i."""
+def timed_acks(res: LoadResult, rate: float) -> list[tuple[int, int]]:
+    """(when it arrived, perf_counter ns; its latency, ns) of each ack of a paced window: the
+    client sends on an absolute schedule from its first send (`e2e_load.paced`), and the
+    matcher answers in order, so ack i came its latency after send i."""
     interval = 1e9 / rate
     lat = array("q")
     lat.frombytes(res.latencies_ns)
-    return [res.first_send_ns + int(i * interval) + ns for i, ns in enumerate(lat)]
+    return [(res.first_send_ns + int(i * interval) + ns, ns) for i, ns in enumerate(lat)]
 
 
 def checkpoint_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> list[tuple[int, int]]:
@@ -414,10 +414,9 @@ def slow_acks_during_checkpoints(results: list[LoadResult], rate: float, slow_ms
     checkpoints do not make acks slow, higher by as much as they do."""
     slow, every = [], []
     for res in results:
-        lat = latencies_ms(res)
-        for t, ms in zip(ack_times_ns(res, rate), lat, strict=True):
+        for t, ns in timed_acks(res, rate):
             every.append(t)
-            if ms > slow_ms:
+            if ns > slow_ms * 1e6:
                 slow.append(t)
     if not slow or not spans:
         return "-"

@@ -73,7 +73,7 @@ GROUP_BYTES = 4096
 # Pieces listed, and chunks read back and checked, between two yields of `put_steps`.
 PIECES_PER_STEP = 256
 SCRUBBED_PER_STEP = 32
-# Chunk keys a full count in `prune_steps` scans between two yields.
+# Chunk keys a prune's full count scans between two yields.
 KEYS_PER_STEP = 1_000
 # Of the chunks a checkpoint uses that the store already holds, it reads back one in
 # SCRUB_EVERY (by digest, a different sixteenth each time) and rewrites any that no longer
@@ -155,10 +155,10 @@ class CorruptSnapshot(Exception):
         self.symbol, self.seq, self.reason = symbol, seq, reason
 
 
+_T = TypeVar("_T")
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Snapshot)
 _marker_decoder = msgspec.msgpack.Decoder(_Marker)
-_T = TypeVar("_T")
 _pieces_decoder = msgspec.msgpack.Decoder(StoredPieces)
 _listed_decoder = msgspec.msgpack.Decoder(_ListedChunks)
 
@@ -626,16 +626,11 @@ class CheckpointStore:
         """Delete all but `symbol`'s newest `keep` checkpoints, and the chunks only they
         used, in one synced transaction: of those chunks, and of the ones earlier prunes
         left, PART_BYTES (the rest wait for the next prunes); how many checkpoints were
-        deleted."""
-        return run_to_end(self.prune_steps(symbol, keep))
-
-    def prune_steps(self, symbol: str, keep: int) -> Generator[None, None, int]:
-        """`prune`, yielding after each checkpoint's list of chunks it reads (its write
-        transaction stays open across: the store has no other writer, readers see the store
-        as it was until it commits)."""
+        deleted. The snapshotter prunes in its checkpoints' own transactions instead
+        (`put_steps(keep=...)`), paced."""
         prefix = symbol.encode() + b"\x00"
         with self._env.begin(write=True) as txn:
-            pruning = yield from self._pruning(txn, prefix, keep, self._uses.pop(prefix, None))
+            pruning = run_to_end(self._pruning(txn, prefix, keep, self._uses.pop(prefix, None)))
         self._pruned(prefix, pruning)
         return pruning.deleted
 
@@ -643,8 +638,10 @@ class CheckpointStore:
         self, txn: lmdb.Transaction, prefix: bytes, keep: int, uses: Counter[int] | None
     ) -> Generator[None, None, _Pruning]:
         """Delete in `txn` all but the newest `keep` checkpoints under `prefix` and, up to
-        PART_BYTES, the chunks none of the others lists and those earlier prunes left.
-        `uses`: the count of uses of the checkpoints `txn` sees (None: it counts them)."""
+        PART_BYTES, the chunks none of the others lists and those earlier prunes left;
+        yielding after each list of chunks it reads (`txn` stays open across: the store has
+        no other writer, readers see it as it was until it commits). `uses`: the count of
+        uses of the checkpoints `txn` sees (None: it counts them)."""
         waiting = self._deleting.get(prefix, [])
         keys = self._keys(txn, prefix)
         old, kept = keys[: max(0, len(keys) - keep)], keys[max(0, len(keys) - keep) :]
