@@ -40,7 +40,7 @@ import msgspec
 
 from engine.messages import SCHEMA_VERSION, Checkpoint
 from engine.stepwise_checkpoint import run_to_end
-from journal.lmdb_files import check_complete, reserve_lock_file
+from journal.lmdb_files import Committing, check_complete, reserve_lock_file, write_txn
 
 _DB = b"checkpoints"
 # Stores written before chunks: a value longer than 256 KiB continued here under its key +
@@ -403,9 +403,15 @@ class CheckpointStore:
     """`CheckpointStore(path)` to write (the snapshotter), `readonly=True` to read."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, readonly: bool = False, map_size: int = 1 << 34
+        self,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        map_size: int = 1 << 34,
+        committing: Committing = contextlib.nullcontext,
     ) -> None:
         self.path = Path(path)
+        self._committing = committing  # what each commit (its writes and flush) runs inside
         # Per symbol (chunk prefix): the digests the last put took (piece -> digest; of
         # pieces it was given none for), its turn, the chunks stored (digest -> id, read
         # from the store on first use) and the next id.
@@ -542,13 +548,14 @@ class CheckpointStore:
             new, repaired = yield from self._to_write(prefix, ids, unknown, scrubbed)
             batches = list(_batches(new))
             for batch in batches[:-1]:
-                with self._env.begin(write=True) as txn:
+                with write_txn(self._env, self._committing) as txn:
                     written += self._put_chunks(txn, batch)
                 yield
             listed = [ids.of[digest] for digest in chunks]
             value = _encoder.encode(StoredPieces(PIECES_MARKER, listed, layout))
             yield
-            with self._env.begin(write=True) as txn:  # one synced commit: most checkpoints need no other
+            # One synced commit: most checkpoints need no other.
+            with write_txn(self._env, self._committing) as txn:
                 written += self._put_chunks(txn, batches[-1] if batches else [])
                 replaced = self._remove(txn, key)
                 txn.put(key, zlib.crc32(value).to_bytes(_CRC, "big") + value, db=self._db)
@@ -629,7 +636,7 @@ class CheckpointStore:
         deleted. The snapshotter prunes in its checkpoints' own transactions instead
         (`put_steps(keep=...)`), paced."""
         prefix = symbol.encode() + b"\x00"
-        with self._env.begin(write=True) as txn:
+        with write_txn(self._env, self._committing) as txn:
             pruning = run_to_end(self._pruning(txn, prefix, keep, self._uses.pop(prefix, None)))
         self._pruned(prefix, pruning)
         return pruning.deleted

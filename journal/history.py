@@ -23,6 +23,7 @@ and at worst the last turns are lost on power failure — re-indexed from the jo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any, Self
 import lmdb
 
 from engine.messages import Accepted, Amended, Cancelled, Filled, NewOrder, Rejected, Trade
-from journal.lmdb_files import reserve_lock_file
+from journal.lmdb_files import Committing, reserve_lock_file, write_txn
 from journal.record import Record
 from journal.store import Journal
 
@@ -113,8 +114,11 @@ class Entries:
 class HistoryIndex:
     """The index file. One per process (LMDB forbids opening a file twice in one process)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, committing: Committing = contextlib.nullcontext
+    ) -> None:
         self.path = Path(path)
+        self._committing = committing  # what each commit (its writes and flush) runs inside
         self.path.parent.mkdir(parents=True, exist_ok=True)
         reserve_lock_file(self.path)  # a full disk: ENOSPC here, not a SIGBUS inside LMDB
         self._env = lmdb.open(
@@ -140,8 +144,10 @@ class HistoryIndex:
             raise
 
     @classmethod
-    def in_data_dir(cls, data_dir: str | os.PathLike[str]) -> Self:
-        return cls(history_path(data_dir))
+    def in_data_dir(
+        cls, data_dir: str | os.PathLike[str], *, committing: Committing = contextlib.nullcontext
+    ) -> Self:
+        return cls(history_path(data_dir), committing=committing)
 
     def close(self) -> None:
         self._env.close()
@@ -222,7 +228,7 @@ class HistoryIndex:
                 self._grow()
 
     def _write(self, symbol: str, records: Sequence[Record], start_anywhere: bool) -> int:
-        with self._env.begin(write=True) as txn:
+        with write_txn(self._env, self._committing) as txn:
             last, _ = _cursor(txn, self.cursors, symbol)
             new = [r for r in records if r.seq > last]
             if not new:
@@ -243,10 +249,11 @@ class HistoryIndex:
     def reset(self, symbol: str) -> None:
         """Forget everything indexed for `symbol` (its journal was replaced)."""
         sym = symbol.encode()
-        with self._env.begin(write=True) as txn:
+        with write_txn(self._env, self._committing) as txn:
             for db in (self.by_account, self.fills):  # account NUL symbol NUL ...: scan them all
                 cursor = txn.cursor(db)
-                doomed = [bytes(k) for k in cursor.iternext(values=False) if _symbol_of_account_key(k) == sym]
+                keys = map(bytes, cursor.iternext(values=False))
+                doomed = [k for k in keys if _symbol_of_account_key(k) == sym]
                 for k in doomed:
                     txn.delete(k, db=db)
             cursor = txn.cursor(self.by_order)

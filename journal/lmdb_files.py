@@ -1,4 +1,5 @@
-"""Two ways a damaged or full disk kills an LMDB process with SIGBUS, made into errors.
+"""What every LMDB file of ours shares: two ways a damaged or full disk kills an LMDB
+process with SIGBUS, made into errors, and a write transaction whose commit can be wrapped.
 
 1. A lock file written on a full disk (``reserve_lock_file``).
 
@@ -14,12 +15,19 @@ already reports as a reason.
 pages up to ``last_pgno`` are read through the map, and a read past the end of a mapped
 file is a SIGBUS. A file cut short (truncated by a bad copy, a full disk during a copy, a
 damaged filesystem) must be refused when it is opened, never read.
+
+3. A commit wrapped (``write_txn``). A commit is where LMDB writes the transaction's pages
+and flushes the disk; a background process that does everything else at idle priority
+runs just that part at its normal one (see snapshotter/scheduling.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import lmdb
@@ -27,6 +35,8 @@ import lmdb
 # LMDB's lock file at py-lmdb's default of 126 readers (header + reader slots): 8 KiB.
 LOCK_FILE_BYTES = 8192
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# What a store runs each of its commits inside (``write_txn``); by default, nothing.
+Committing = Callable[[], AbstractContextManager[object]]
 
 
 def lock_path(path: str | os.PathLike[str]) -> Path:
@@ -68,3 +78,19 @@ def check_complete(env: lmdb.Environment, path: str | os.PathLike[str]) -> None:
     size = os.stat(path).st_size
     if size < needed:
         raise TruncatedFile(f"{path} is truncated: {size} bytes, but its pages end at byte {needed}")
+
+
+@contextlib.contextmanager
+def write_txn(
+    env: lmdb.Environment, committing: Committing = contextlib.nullcontext
+) -> Iterator[lmdb.Transaction]:
+    """A write transaction of `env` for the block: committed after it, inside `committing()`,
+    or aborted if the block raises (or, in a generator, is closed)."""
+    txn = env.begin(write=True)
+    try:
+        yield txn
+    except BaseException:
+        txn.abort()
+        raise
+    with committing():
+        txn.commit()

@@ -54,12 +54,13 @@ from journal.checkpoints import (
     checkpoints_path,
     new_snapshot,
 )
+from journal.lmdb_files import Committing
+from snapshotter import scheduling
 
 EXIT_OK = 0
 EXIT_CANNOT_START = child.EXIT_CANNOT_START
 
 PID_FILE = "snapshotter.pid"
-NICENESS = 10
 # Records applied per instrument per loop turn, so one busy journal does not starve others
 # (nor delay a SIGUSR1 / SIGTERM by more than one bounded turn).
 MAX_RECORDS_PER_TURN = 5_000
@@ -446,7 +447,7 @@ class Snapshotter:
 def run(config: Config) -> int:
     """Start, follow and checkpoint until SIGTERM/SIGINT; the process exit code."""
     logger = logs.get("snapshotter")
-    _run_in_background(logger)
+    committing = scheduling.run_in_background(logger)
     signals = Signals()
     signals.install()
     pid_path = config.run_path / PID_FILE
@@ -457,12 +458,12 @@ def run(config: Config) -> int:
         return EXIT_CANNOT_START
     try:
         try:
-            store = _open_store(config, logger)
+            store = _open_store(config, logger, committing)
         except (OSError, lmdb.Error) as exc:
             reason = f"checkpoint store: {type(exc).__name__}: {exc}"
             log(logger, "cannot_start", logging.ERROR, reason=reason)
             return EXIT_CANNOT_START
-        history_index = _open_history(config, logger)
+        history_index = _open_history(config, logger, committing)
         with store:
             snapshotter = Snapshotter(config, store, logger, history_index)
             try:
@@ -484,24 +485,6 @@ def run(config: Config) -> int:
         pid_path.unlink(missing_ok=True)
         os.close(lock)
 
-
-def _run_in_background(logger: logging.Logger) -> None:
-    """Give the CPU to the order path first: SCHED_IDLE, else nice 10.
-
-    The snapshotter's work (following the journals, a checkpoint's walk of a whole book)
-    can wait; a woken matcher or gateway cannot. Under nice 10 a woken task may still wait
-    for the scheduler to preempt us; a SCHED_IDLE task gives way at once (measured under
-    paced load with a CPU burn standing in for checkpoints: ack p99 x1.11 niced, x0.95
-    under SCHED_IDLE). The price: on a CPU that is never idle the shadows fall behind
-    (they catch up when load drops; the journal, not the checkpoints, is what is durable).
-    """
-    os.nice(NICENESS)
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError) as exc:  # not Linux, or refused by a sandbox
-        log(logger, "sched_idle_unavailable", logging.WARNING, error=str(exc), niceness=NICENESS)
-        return
-    log(logger, "sched_idle", policy="SCHED_IDLE")
 
 
 def _paced(steps: Generator[None, None, T], pause: float) -> T:
@@ -529,7 +512,7 @@ def _paced(steps: Generator[None, None, T], pause: float) -> T:
 _DAMAGED_STORE = (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError)
 
 
-def _open_store(config: Config, logger: logging.Logger) -> CheckpointStore:
+def _open_store(config: Config, logger: logging.Logger, committing: Committing) -> CheckpointStore:
     """The checkpoint store; a damaged one is moved aside (kept for inspection) for a new one.
 
     Checkpoints only save recovery time: refusing to start over one would stop the whole
@@ -537,19 +520,21 @@ def _open_store(config: Config, logger: logging.Logger) -> CheckpointStore:
     """
     path = checkpoints_path(config.data_path)
     try:
-        return CheckpointStore(path)
+        return CheckpointStore(path, committing=committing)
     except _DAMAGED_STORE as exc:
         aside = path.with_name(f"{path.name}.damaged-{time.time_ns()}")
         os.replace(path, aside)
         log(logger, "checkpoint_store_damaged", logging.ERROR, path=str(path), moved_to=str(aside),
             error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-        return CheckpointStore(path)
+        return CheckpointStore(path, committing=committing)
 
 
-def _open_history(config: Config, logger: logging.Logger) -> history.HistoryIndex | None:
+def _open_history(
+    config: Config, logger: logging.Logger, committing: Committing
+) -> history.HistoryIndex | None:
     """The order-history index in the data dir; None (logged) if it cannot be opened."""
     try:
-        return history.HistoryIndex.in_data_dir(config.data_path)
+        return history.HistoryIndex.in_data_dir(config.data_path, committing=committing)
     except (OSError, lmdb.Error) as exc:
         log(logger, "history_index_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
         return None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import DEFAULT_TOML, load
+from snapshotter.scheduling import NICENESS
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "clobd.service"
@@ -47,6 +48,8 @@ def test_the_unit_says_what_the_daemon_does() -> None:
         "WatchdogSec": "30",
         "UMask": "0027",
         "LimitNOFILE": "65536",
+        # Nice 10 and no higher: the snapshotter leaves SCHED_IDLE for its commits.
+        "LimitNICE": f"+{NICENESS}",
         "ProtectSystem": "strict",
         "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
         "SystemCallArchitectures": "native",

@@ -3,10 +3,11 @@ piece stored once and only the new ones written."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import zlib
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import lmdb
@@ -340,6 +341,29 @@ def test_a_checkpoint_and_its_prune_are_one_commit(tmp_path: Path) -> None:
         assert [i.seq for i in store.infos("BTC")] == [30, 40]
         assert store.newest("BTC").state == engine.checkpoint()
         assert_every_chunk_is_used(store)
+
+
+def test_every_commit_of_the_store_runs_inside_committing(tmp_path: Path) -> None:
+    """The snapshotter runs its commits in the foreground (snapshotter/scheduling.py): each
+    one, the chunk transactions of a big checkpoint and the last one with its prune."""
+    commits: list[int] = []
+
+    @contextlib.contextmanager
+    def counted() -> Iterator[None]:
+        before = store._env.info()["last_txnid"]
+        yield
+        commits.append(store._env.info()["last_txnid"] - before)
+
+    engine = _book(levels=10, per_level=200)
+    reuse = LevelEncodings()
+    with CheckpointStore(tmp_path / "checkpoints.lmdb", committing=counted) as store:
+        started = store._env.info()["last_txnid"]
+        store.put(_snapshot("BTC", 5, 40_000))  # more than one transaction of chunks
+        for seq in (10, 20, 30):
+            _put_engine(store, engine, seq, reuse, keep=2)
+        store.prune("BTC", 1)
+        assert len(commits) > 5 and commits == [1] * len(commits)
+        assert store._env.info()["last_txnid"] - started == len(commits)  # none outside it
 
 
 def test_a_checkpoint_cut_short_in_its_prune_changes_nothing(tmp_path: Path) -> None:
