@@ -19,17 +19,18 @@ def _records(n: int) -> list[Record]:
 
 
 def test_every_commit_of_the_index_runs_inside_committing(tmp_path: Path) -> None:
-    seen: list[int] = []
+    seen: list[tuple[int, int]] = []
 
     @contextlib.contextmanager
     def committing() -> Iterator[None]:
+        before = index.cursor("BTC")[0]  # not written yet: the commit is what comes next
         yield
-        seen.append(index.cursor("BTC")[0])  # after the commit: what it wrote is there
+        seen.append((before, index.cursor("BTC")[0]))
 
     records = _records(5)
     with HistoryIndex(tmp_path / "history.lmdb", committing=committing) as index:
         assert index.write("BTC", records[:3]) == 3
         assert index.write("BTC", records[3:]) == 2
         index.reset("BTC")
-        assert seen == [3, 5, 0]
+        assert seen == [(0, 3), (3, 5), (5, 0)]
         assert index.account_orders("alice") == []
