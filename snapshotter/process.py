@@ -486,7 +486,6 @@ def run(config: Config) -> int:
         os.close(lock)
 
 
-
 def _paced(steps: Generator[None, None, T], pause: float) -> T:
     """Run `steps` to the end, sleeping `pause` after every SLICE_S of work (none if 0).
 

@@ -12,13 +12,13 @@ A commit is the exception. It writes the transaction's pages and flushes the dis
 matchers' journals flush too, and under SCHED_IDLE every matcher wake-up suspends it part
 way, for as long as no CPU is idle. Measured on the bench's grown book (about 240,000
 orders, a checkpoint every 0.5 s: step 3 of bench/recovery.py run alone on the daemon a
-full run leaves), committing at SCHED_IDLE: a
-checkpoint's commit took 2-3 ms median, and at p90 3-4 ms on a calm VM but 7-10 ms
-whenever its CPUs were busy (4 runs of 7); in those 4, the orders sent in the 20 ms before
-a checkpoint ended were acked in over 4 ms 1.5-4.5x as often as the other orders of the
-same windows. Committing under the normal policy (still nice 10): p90 3-4 ms (3 runs), and
-those orders slow 0.2-1.2x as often as the rest (7 runs). So each commit of the
-checkpoint store and of the order-history index runs inside ``foreground``.
+full run leaves), committing at SCHED_IDLE: a checkpoint's commit took 2-3 ms median, and
+at p90 3-4 ms on a calm VM but 7-10 ms whenever its CPUs were busy (4 runs of 7); in those
+4, the orders sent in the 20 ms before a checkpoint ended were acked in over 4 ms 1.5-4.5x
+as often as the other orders of the same windows. Committing under the normal policy
+(still nice 10): p90 3-4 ms (3 runs), and those orders slow 0.2-1.2x as often as the rest
+(7 runs). So each commit of the checkpoint store and of the order-history index runs
+inside ``foreground``.
 """
 
 from __future__ import annotations
