@@ -17,6 +17,7 @@ import pytest
 from engine import Engine, Instrument
 from engine.messages import Cancel, NewOrder, Side
 from engine.stepwise_checkpoint import LevelEncodings, encode_steps, run_to_end
+from journal import checkpoints
 from journal.checkpoints import (
     CHUNK_BYTES,
     GROUP_BITS,
@@ -303,14 +304,36 @@ def _prune_until_clean(store: CheckpointStore, engine: Engine, seq: int, how: st
     raise AssertionError(f"chunks still unlisted after 40 prunes: {deleted}")
 
 
+def _chunk_bytes_after_commits(store_path: Path) -> tuple[CheckpointStore, list[int]]:
+    """A store at `store_path`, and the bytes of chunks it holds after each of its commits."""
+    after: list[int] = []
+    opened: list[CheckpointStore] = []
+
+    @contextlib.contextmanager
+    def measured() -> Iterator[None]:
+        yield
+        after.append(_chunk_bytes(opened[0]))
+
+    opened.append(CheckpointStore(store_path, committing=measured))
+    return opened[0], after
+
+
 @pytest.mark.parametrize("how", PRUNES)
-def test_prunes_delete_many_unlisted_chunks_a_bounded_amount_each(tmp_path: Path, how: str) -> None:
+def test_many_unlisted_chunks_are_deleted_by_the_next_prune_a_bounded_amount_a_commit(
+    tmp_path: Path, how: str
+) -> None:
     engine = _book(levels=10, per_level=200)
-    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+    store, after = _chunk_bytes_after_commits(tmp_path / "checkpoints.lmdb")
+    with store:
         _orphaning_store(store, engine)
+        after.clear()
+        before = _chunk_bytes(store)
         deleted = _prune_until_clean(store, engine, 40, how)
+        # The first prune deletes PART_BYTES and leaves the rest; the next deletes that first.
+        assert len(deleted) == 2 and deleted[0] < PART_BYTES + CHUNK_BYTES + 64
         assert sum(deleted) > 3 * PART_BYTES
-        assert len(deleted) >= 4 and max(deleted) < PART_BYTES + CHUNK_BYTES + 64
+        per_commit = [a - b for a, b in zip([before, *after], after, strict=False)]
+        assert len(per_commit) >= 5 and max(per_commit) < PART_BYTES + CHUNK_BYTES + 64
         assert store.newest("BTC").state == engine.checkpoint()
 
 
@@ -321,10 +344,39 @@ def test_chunks_left_for_later_prunes_are_found_by_the_next_process(tmp_path: Pa
         _orphaning_store(store, engine)
         assert store.prune("BTC", 2) == 1
         with pytest.raises(AssertionError):
-            assert_every_chunk_is_used(store)  # some left for the next prunes: then a crash
+            assert_every_chunk_is_used(store)  # some left for the next prune: then a crash
     with CheckpointStore(path) as store:
-        assert len(_prune_until_clean(store, engine, 40)) >= 3
+        assert len(_prune_until_clean(store, engine, 40)) == 2  # a full count, then the rest
         assert store.newest("BTC").state == engine.checkpoint()
+
+
+@pytest.mark.parametrize("how", PRUNES)
+def test_checkpoints_far_apart_leave_no_more_than_one_prune_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # Each checkpoint here frees a whole book, several times PART_BYTES (made small so the
+    # book can be): what a prune cannot delete must not pile up from one to the next.
+    monkeypatch.setattr(checkpoints, "PART_BYTES", 8 * 1024)
+    engine = _book(levels=10, per_level=200)
+    reuse = LevelEncodings()
+    held = []
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        for n in range(1, 13):
+            seq = engine.last_seq
+            for order_id in range((n - 1) * 2_000 + 1, n * 2_000 + 1):  # every order replaced
+                engine.process(Cancel(seq + 1, 0, "a", order_id))
+                price = 1000 - order_id % 10
+                engine.process(NewOrder(seq + 2, 0, "a", f"c{order_id + 2_000}", Side.BUY, 1 + n % 7, price))
+                seq += 2
+            assert engine.order_count() == 2_000
+            stored = _put_and_prune(store, engine, n * 10, reuse, 2, how)
+            assert stored == (1 if n > 2 else 0)
+            held.append(_chunk_bytes(store))
+            assert store.newest("BTC").state == engine.checkpoint()
+        book = len(encode(store.newest("BTC")))
+        assert book > 4 * checkpoints.PART_BYTES
+        # Two kept, and what the last prune freed less what it deleted: never more.
+        assert max(held[3:]) < 3.2 * book
 
 
 def test_a_checkpoint_and_its_prune_are_one_commit(tmp_path: Path) -> None:
