@@ -633,11 +633,11 @@ class CheckpointStore:
         return ids
 
     def prune(self, symbol: str, keep: int) -> int:
-        """Delete all but `symbol`'s newest `keep` checkpoints, and the chunks only they
-        used, in one synced transaction: of those chunks, PART_BYTES (the rest are left for
-        the next prune or put, which deletes them first); how many checkpoints were
-        deleted. The snapshotter prunes in its checkpoints' own transactions instead
-        (`put_steps(keep=...)`), paced."""
+        """Delete what the last prune left (`_delete_left`), then all but `symbol`'s newest
+        `keep` checkpoints and the chunks only they used, in one synced transaction: of
+        those chunks, PART_BYTES (the rest are left for the next prune or put); how many
+        checkpoints were deleted. The snapshotter prunes in its checkpoints' own
+        transactions instead (`put_steps(keep=...)`), paced."""
         prefix = symbol.encode() + b"\x00"
         run_to_end(self._delete_left(prefix))
         with write_txn(self._env, self._committing) as txn:
