@@ -135,7 +135,7 @@ class _Pruning(NamedTuple):
     deleted: int  # checkpoints
     uses: Counter[int] | None  # the count of uses after it (None: count again next time)
     unused: list[int]  # chunk ids no kept checkpoint lists any more
-    left: list[int]  # of those (and of the ones waiting before), the ones still stored
+    left: list[int]  # of those, the ones still stored (for `_delete_left`)
 
 
 class _ListedChunks(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -425,10 +425,9 @@ class CheckpointStore:
         # the checkpoints it deletes, so it reads only their lists, not every kept one.
         self._uses: dict[bytes, Counter[int]] = {}
         # Per symbol: the chunks no checkpoint lists that the last prune left, for the next
-        # put or prune to delete first (`_delete_left`). A put that reads the stored chunks
-        # while some are left (a deletion failed) must not take them as stored: it would
-        # list them, and a prune delete them. A crash forgets them: they are found by the
-        # next process's first prune, which counts every list and scans every chunk.
+        # put or prune to delete first (`_delete_left`), before it reads or counts anything.
+        # A crash forgets them: they are found by the next process's first prune, which
+        # counts every list and scans every chunk.
         self._deleting: dict[bytes, list[int]] = {}
         if readonly and not self.path.exists():
             raise FileNotFoundError(f"no checkpoint store at {self.path}")
@@ -618,7 +617,6 @@ class CheckpointStore:
         ids = self._ids.get(prefix)
         if ids is None:
             ids, last = _ChunkIds(), 0
-            deleting = set(self._deleting.get(prefix, ()))
             with self._env.begin(db=self._chunks, buffers=True) as txn:
                 cursor = txn.cursor()
                 if cursor.set_range(prefix):
@@ -627,8 +625,7 @@ class CheckpointStore:
                             break
                         chunk_id = int.from_bytes(key[len(prefix) :], "big")
                         last = max(last, chunk_id)
-                        if chunk_id not in deleting:
-                            ids.add(bytes(value[:_DIGEST]), chunk_id)
+                        ids.add(bytes(value[:_DIGEST]), chunk_id)
             self._ids[prefix], self._next_id[prefix] = ids, last + 1
         return ids
 
@@ -649,29 +646,25 @@ class CheckpointStore:
         self, txn: lmdb.Transaction, prefix: bytes, keep: int, uses: Counter[int] | None
     ) -> Generator[None, None, _Pruning]:
         """Delete in `txn` all but the newest `keep` checkpoints under `prefix` and, up to
-        PART_BYTES, the chunks none of the others lists and those earlier prunes left;
-        yielding after each list of chunks it reads (`txn` stays open across: the store has
-        no other writer, readers see it as it was until it commits). `uses`: the count of
-        uses of the checkpoints `txn` sees (None: it counts them)."""
-        waiting = self._deleting.get(prefix, [])
+        PART_BYTES, the chunks none of the others lists (`_delete_left` has deleted what
+        earlier prunes left); yielding after each list of chunks it reads (`txn` stays open
+        across: the store has no other writer, readers see it as it was until it commits).
+        `uses`: the count of uses of the checkpoints `txn` sees (None: it counts them)."""
         keys = self._keys(txn, prefix)
         old, kept = keys[: max(0, len(keys) - keep)], keys[max(0, len(keys) - keep) :]
-        if not old and not waiting:
+        if not old:
             return _Pruning(0, uses, [], [])
-        unused: list[int] = []
-        if old:
-            dropped = [_listed_chunks(txn.get(key, db=self._db)) for key in old]
-            for key in old:
-                self._remove(txn, key)
+        dropped = [_listed_chunks(txn.get(key, db=self._db)) for key in old]
+        for key in old:
+            self._remove(txn, key)
+        yield
+        if uses is None or None in dropped:  # not counted, or not countable
+            uses = yield from self._count_uses(txn, kept)
+            unused = yield from self._not_in(txn, prefix, uses)
+        else:
+            unused = _uncount(uses, [chunk_ids for chunk_ids in dropped if chunk_ids is not None])
             yield
-            if uses is None or None in dropped:  # not counted, or not countable
-                uses = yield from self._count_uses(txn, kept)
-                unused = yield from self._not_in(txn, prefix, uses)  # those waiting among them
-                waiting = []
-            else:
-                unused = _uncount(uses, [chunk_ids for chunk_ids in dropped if chunk_ids is not None])
-                yield
-        left = self._delete_chunks(txn, prefix, [*waiting, *unused])
+        left = self._delete_chunks(txn, prefix, unused)
         return _Pruning(len(old), uses, unused, left)
 
     def _delete_left(self, prefix: bytes) -> Generator[None, None, None]:

@@ -369,8 +369,8 @@ def test_checkpoints_far_apart_leave_no_more_than_one_prune_behind(
                 engine.process(NewOrder(seq + 2, 0, "a", f"c{order_id + 2_000}", Side.BUY, 1 + n % 7, price))
                 seq += 2
             assert engine.order_count() == 2_000
-            stored = _put_and_prune(store, engine, n * 10, reuse, 2, how)
-            assert stored == (1 if n > 2 else 0)
+            pruned = _put_and_prune(store, engine, n * 10, reuse, 2, how)
+            assert pruned == (1 if n > 2 else 0)
             held.append(_chunk_bytes(store))
             assert store.newest("BTC").state == engine.checkpoint()
         book = len(encode(store.newest("BTC")))
