@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -39,6 +39,7 @@ from journal.store import Journal
 
 FILE_NAME = "history-index.lmdb"
 CHUNK = 5_000  # records per catch-up write transaction (bounded txns, bounded memory)
+PUT_SLICE = 500  # keys put between two calls of a write's `between` (about 0.25 ms here)
 
 _MAP_SIZE = 64 << 20
 _MAX_MAP_SIZE = 64 << 30
@@ -52,6 +53,15 @@ _CURSOR = b"cursor"
 
 class HistoryError(Exception):
     """The index cannot be used (e.g. a record arrives after a gap in what was indexed)."""
+
+
+# Called between units of a write's work (records, slices of puts): the snapshotter paces
+# itself there (`snapshotter.process.Pacer`); everyone else passes nothing.
+Between = Callable[[], None]
+
+
+def _nothing() -> None:
+    pass
 
 
 def history_path(data_dir: str | os.PathLike[str]) -> Path:
@@ -109,6 +119,27 @@ class Entries:
             elif isinstance(event, Cancelled | Amended | Filled | Rejected) and event.order_id:
                 touched.add(event.order_id)
         self.by_order += [order_key(symbol, order_id, seq) for order_id in sorted(touched)]
+
+
+class Pending:
+    """Records of one symbol applied but not indexed yet, and what they add to the index,
+    built as each arrives (`follow` writes them). Building the entries costs about 3 µs a
+    record; built all at once, a second of 2,000 orders was a 7 ms burst of CPU in every
+    update, beside the order path."""
+
+    __slots__ = ("entries", "records", "symbol")
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.records: list[Record] = []
+        self.entries = Entries()
+
+    def add(self, record: Record) -> None:
+        self.records.append(record)
+        self.entries.add(self.symbol, record)
+
+    def __len__(self) -> int:
+        return len(self.records)
 
 
 class HistoryIndex:
@@ -213,21 +244,39 @@ class HistoryIndex:
 
     # --- writing ------------------------------------------------------------------------
 
-    def write(self, symbol: str, records: Sequence[Record], *, start_anywhere: bool = False) -> int:
+    def write(
+        self,
+        symbol: str,
+        records: Sequence[Record],
+        *,
+        start_anywhere: bool = False,
+        entries: Entries | None = None,
+        between: Between = _nothing,
+    ) -> int:
         """Index `records` (ascending seqs) of `symbol` in ONE write txn with the cursor.
 
         Records at or below the cursor are skipped (already indexed, maybe by another
         process). The first new one must be cursor + 1, unless `start_anywhere` and nothing
         of `symbol` is indexed yet (a journal whose first records were archived); else
-        `HistoryError`. Returns how many records were indexed.
+        `HistoryError`. `entries`: what `records` add, already built (`Pending`); used only
+        if no record is skipped, else built again from the new ones. `between`: called
+        between records and slices of puts (the snapshotter sleeps in it, `Pacer`). Returns
+        how many records were indexed.
         """
         while True:
             try:
-                return self._write(symbol, records, start_anywhere)
+                return self._write(symbol, records, start_anywhere, entries, between)
             except lmdb.MapFullError:
                 self._grow()
 
-    def _write(self, symbol: str, records: Sequence[Record], start_anywhere: bool) -> int:
+    def _write(
+        self,
+        symbol: str,
+        records: Sequence[Record],
+        start_anywhere: bool,
+        built: Entries | None,
+        between: Between,
+    ) -> int:
         with write_txn(self._env, self._committing) as txn:
             last, _ = _cursor(txn, self.cursors, symbol)
             new = [r for r in records if r.seq > last]
@@ -235,14 +284,16 @@ class HistoryIndex:
                 return 0
             if new[0].seq != last + 1 and not (start_anywhere and last == 0):
                 raise HistoryError(f"{symbol}: index at seq {last}, next record is seq {new[0].seq}")
-            entries = Entries()
-            for record in new:
-                entries.add(symbol, record)
-            txn.cursor(self.by_account).putmulti(
-                ((k, v) for k, v in entries.by_account if len(k) <= _MAX_KEY), overwrite=False
-            )
-            txn.cursor(self.by_order).putmulti((k, b"") for k in entries.by_order if len(k) <= _MAX_KEY)
-            txn.cursor(self.fills).putmulti((k, b"") for k in entries.fills if len(k) <= _MAX_KEY)
+            if built is not None and len(new) == len(records):
+                entries = built
+            else:
+                entries = _entries(symbol, new, between)
+            by_account = [(k, v) for k, v in entries.by_account if len(k) <= _MAX_KEY]
+            _put_sliced(txn.cursor(self.by_account), by_account, between, overwrite=False)
+            by_order = [(k, b"") for k in entries.by_order if len(k) <= _MAX_KEY]
+            _put_sliced(txn.cursor(self.by_order), by_order, between)
+            fills = [(k, b"") for k in entries.fills if len(k) <= _MAX_KEY]
+            _put_sliced(txn.cursor(self.fills), fills, between)
             txn.put(symbol.encode(), _n(new[-1].seq) + _n(new[-1].ts), db=self.cursors)
             return len(new)
 
@@ -286,18 +337,40 @@ def _prefixed(cursor: lmdb.Cursor, prefix: bytes) -> Iterator[tuple[bytes, bytes
 # --- keeping it current -----------------------------------------------------------------
 
 
+def _entries(symbol: str, records: Iterable[Record], between: Between) -> Entries:
+    entries = Entries()
+    for record in records:
+        entries.add(symbol, record)
+        between()
+    return entries
+
+
+def _put_sliced(
+    cursor: lmdb.Cursor, items: list[tuple[bytes, bytes]], between: Between, *, overwrite: bool = True
+) -> None:
+    for i in range(0, len(items), PUT_SLICE):
+        cursor.putmulti(items[i : i + PUT_SLICE], overwrite=overwrite)
+        between()
+
+
 def index_records(store: HistoryIndex, symbol: str, records: Sequence[Record]) -> int:
     """Index a batch of `symbol`'s records in one transaction (see `HistoryIndex.write`)."""
     return store.write(symbol, records)
 
 
 def catch_up(
-    store: HistoryIndex, journal: Journal, symbol: str, *, to_seq: int | None = None, limit: int | None = None
+    store: HistoryIndex,
+    journal: Journal,
+    symbol: str,
+    *,
+    to_seq: int | None = None,
+    limit: int | None = None,
+    between: Between = _nothing,
 ) -> int:
     """Index `journal` from the cursor + 1 to `to_seq` (default: its end now), CHUNK records
     per transaction, at most `limit` records. A journal that no longer holds the record the
     cursor names (replaced, e.g. restored from elsewhere) is re-indexed from its start.
-    Returns how many records were indexed."""
+    `between` as for `HistoryIndex.write`. Returns how many records were indexed."""
     last, ts = store.cursor(symbol)
     end = journal.last_seq() if to_seq is None else to_seq
     if last:
@@ -310,26 +383,29 @@ def catch_up(
     for record in journal.read(last + 1, end):
         chunk.append(record)
         if len(chunk) >= CHUNK or (limit is not None and done + len(chunk) >= limit):
-            done += store.write(symbol, chunk, start_anywhere=True)
+            done += store.write(symbol, chunk, start_anywhere=True, between=between)
             chunk = []
             if limit is not None and done >= limit:
                 return done
     if chunk:
-        done += store.write(symbol, chunk, start_anywhere=True)
+        done += store.write(symbol, chunk, start_anywhere=True, between=between)
     return done
 
 
-def follow(store: HistoryIndex, journal: Journal, symbol: str, records: Sequence[Record], limit: int) -> int:
-    """The snapshotter's per-turn update: the records it just applied, in one transaction,
+def follow(
+    store: HistoryIndex, journal: Journal, pending: Pending, limit: int, between: Between = _nothing
+) -> int:
+    """The snapshotter's update: the records it applied since the last, in one transaction,
     if the index is right behind them; else up to `limit` records caught up from the journal
-    (the index lags, e.g. after the file was deleted, and catches up over later turns)."""
+    (the index lags, e.g. after the file was deleted, and catches up over later updates)."""
+    symbol, records = pending.symbol, pending.records
     last, _ = store.cursor(symbol)
     if records and last + 1 >= records[0].seq:
-        return store.write(symbol, records)
+        return store.write(symbol, records, entries=pending.entries, between=between)
     end = records[-1].seq if records else None
     if end is not None and last >= end:
         return 0
-    return catch_up(store, journal, symbol, to_seq=end, limit=limit)
+    return catch_up(store, journal, symbol, to_seq=end, limit=limit, between=between)
 
 
 def fetch(journal: Journal, seqs: Iterable[int]) -> Iterator[Record]:

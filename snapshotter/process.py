@@ -43,7 +43,7 @@ from daemon.notify import notify
 from engine.engine import STATE_HASH_V2, Engine
 from engine.instrument import Instrument
 from engine.stepwise_checkpoint import EncodedState, LevelEncodings, encode_steps
-from journal import CorruptRecord, Journal, JournalError, Record, history, journal_path
+from journal import CorruptRecord, Journal, JournalError, history, journal_path
 from journal.archive import ArchivedJournal
 from journal.checkpoints import (
     STATE_IN_PIECES,
@@ -64,9 +64,9 @@ PID_FILE = "snapshotter.pid"
 # Records applied per instrument per loop turn, so one busy journal does not starve others
 # (nor delay a SIGUSR1 / SIGTERM by more than one bounded turn).
 MAX_RECORDS_PER_TURN = 5_000
-# A checkpoint works in slices of SLICE_S of CPU with PAUSE_S asleep after each (_paced),
-# so it never holds a core and takes a sixth of one at most: on this 2-core VM even idle-
-# priority CPU shows in the matchers' ack p99 in proportion to how much is used (a pure
+# A checkpoint, a turn and an order-history update work in slices of SLICE_S of CPU with
+# PAUSE_S asleep after each (`Pacer`), so none holds a core and they take a sixth of one at
+# most: on this 2-core VM even idle-priority CPU shows in the matchers' ack p99 (a pure
 # CPU burn standing in for checkpoints: x0.95 at 45 ms per 0.5 s, x1.29 at 150 ms). A
 # checkpoint of 133,000 orders takes about 0.5 s instead of 0.16 s; with checkpoints
 # back to back, ack p99 x1.14-1.16 over none instead of x1.18-1.22 (three runs each).
@@ -139,7 +139,7 @@ class Shadow:
         self.broken: str | None = None  # why this shadow is no longer followed/checkpointed
         self.caught_up = False
         self.retry_at = 0.0  # monotonic: no automatic checkpoint before this (after a failure)
-        self.history_pending: list[Record] = []  # applied, not yet in the order-history index
+        self.history_pending = history.Pending(self.symbol)  # applied, not yet in the order-history index
         self.history_due = 0.0  # monotonic: when they go there at the latest
 
 
@@ -242,19 +242,22 @@ class Snapshotter:
 
     # --- following the journals -----------------------------------------------------------
 
-    def turn(self) -> bool:
+    def turn(self, pause: float = 0.0) -> bool:
         """Apply up to MAX_RECORDS_PER_TURN new records of each journal; True if some journal
-        may hold more right now (so the caller should not sleep)."""
+        may hold more right now (so the caller should not sleep). `pause`: paced as a
+        checkpoint is (`Pacer`), the order-history update included; 0 at stop and in tests."""
         more = False
+        pacer = Pacer(pause)
         for shadow in self.shadows:
             if shadow.broken is not None:
                 continue
             if shadow.journal is None and not self._open(shadow):
                 continue
-            applied = self._apply(shadow, MAX_RECORDS_PER_TURN, shadow.history_pending)
+            indexing = shadow.history_pending if self.history is not None else None
+            applied = self._apply(shadow, MAX_RECORDS_PER_TURN, indexing, pacer)
             pending = len(shadow.history_pending)
             if pending >= MAX_RECORDS_PER_TURN or (pending and time.monotonic() >= shadow.history_due):
-                self._update_history(shadow)
+                self._update_history(shadow, pacer)
             if applied >= MAX_RECORDS_PER_TURN:
                 more = True
             elif not shadow.caught_up and shadow.broken is None:
@@ -290,10 +293,11 @@ class Snapshotter:
         log(self.logger, "following", symbol=shadow.symbol, from_seq=shadow.seq + 1, journal_last_seq=last)
         return True
 
-    def _apply(self, shadow: Shadow, limit: int, applied_records: list[Record] | None = None) -> int:
+    def _apply(self, shadow: Shadow, limit: int, pending: history.Pending | None, pacer: Pacer) -> int:
         journal = shadow.journal
         assert journal is not None
         process = shadow.engine.process
+        step = pacer.step
         applied = 0
         try:
             for record in journal.read(shadow.seq + 1, shadow.seq + limit):
@@ -309,8 +313,9 @@ class Snapshotter:
                     break
                 shadow.seq = record.seq
                 applied += 1
-                if applied_records is not None:
-                    applied_records.append(record)
+                if pending is not None:
+                    pending.add(record)
+                step()  # sleeps between records only: `Journal.read` holds no txn across a yield
         except CorruptRecord as exc:
             self._break(shadow, f"damaged journal record: {exc}")
         except (JournalError, lmdb.Error) as exc:
@@ -322,16 +327,16 @@ class Snapshotter:
         self.records += applied
         return applied
 
-    def _update_history(self, shadow: Shadow) -> None:
+    def _update_history(self, shadow: Shadow, pacer: Pacer) -> None:
         """The order-history index (`journal.history`): the records applied since its last
         update, in one write txn. A failure is logged and never stops the shadows: the index
         is derived data, and the CLI catches it up from the journal on its own."""
-        records, shadow.history_pending = shadow.history_pending, []
+        pending, shadow.history_pending = shadow.history_pending, history.Pending(shadow.symbol)
         shadow.history_due = time.monotonic() + HISTORY_EVERY_S
-        if self.history is None or shadow.journal is None or not records:
+        if self.history is None or shadow.journal is None or not pending:
             return
         try:
-            history.follow(self.history, shadow.journal, shadow.symbol, records, MAX_RECORDS_PER_TURN)
+            history.follow(self.history, shadow.journal, pending, MAX_RECORDS_PER_TURN, pacer.step)
         except (history.HistoryError, JournalError, lmdb.Error, OSError) as exc:
             log(self.logger, "history_index_failed", logging.WARNING, symbol=shadow.symbol,
                 error=f"{type(exc).__name__}: {exc}")  # fmt: skip
@@ -339,7 +344,7 @@ class Snapshotter:
     def _break(self, shadow: Shadow, reason: str) -> None:
         """Stop following and checkpointing `shadow`: it can no longer be trusted."""
         shadow.broken = reason
-        shadow.history_pending = []
+        shadow.history_pending = history.Pending(shadow.symbol)
         log(self.logger, "shadow_stopped", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq, reason=reason)
         if shadow.journal is not None:
             shadow.journal.close()
@@ -419,8 +424,12 @@ class Snapshotter:
     def serve(self, signals: Signals) -> None:
         cfg = self.config.snapshotter
         next_interval = time.monotonic() + cfg.checkpoint_interval_s
+        more = False
         while signals.stop is None:
-            more = self.turn()
+            # Paced while the shadows keep up; after a turn that left records waiting, the
+            # next is not, so a load beyond what a paced turn follows never leaves them
+            # further behind for good.
+            more = self.turn(0.0 if more else PAUSE_S)
             self.checkpoint_due()
             if signals.take:
                 signals.take = False
@@ -438,7 +447,7 @@ class Snapshotter:
 
     def close(self) -> None:
         for shadow in self.shadows:
-            self._update_history(shadow)
+            self._update_history(shadow, Pacer(0.0))  # the order path has stopped
             if shadow.journal is not None:
                 shadow.journal.close()
                 shadow.journal = None
@@ -486,24 +495,37 @@ def run(config: Config) -> int:
         os.close(lock)
 
 
-def _paced(steps: Generator[None, None, T], pause: float) -> T:
-    """Run `steps` to the end, sleeping `pause` after every SLICE_S of work (none if 0).
+class Pacer:
+    """Sleeps `pause` after every SLICE_S of work (never if 0): `step()` between units of it.
 
-    A sleep, not a lower priority, is what keeps a checkpoint off the order path: while we
-    sleep our CPU is idle, so a matcher or gateway thread that woke up runs at once instead
+    A sleep, not a lower priority, is what keeps the snapshotter off the order path: while
+    we sleep our CPU is idle, so a matcher or gateway thread that woke up runs at once instead
     of waiting for the scheduler to preempt us (see engine/stepwise_checkpoint.py); and
     between two synced transactions of the store write, the matchers' own fsyncs get the disk.
     """
-    slice_ends = time.perf_counter() + SLICE_S
+
+    __slots__ = ("_ends", "_pause")
+
+    def __init__(self, pause: float) -> None:
+        self._pause = pause
+        self._ends = time.perf_counter() + SLICE_S
+
+    def step(self) -> None:
+        if self._pause and time.perf_counter() >= self._ends:
+            time.sleep(self._pause)
+            self._ends = time.perf_counter() + SLICE_S
+
+
+def _paced(steps: Generator[None, None, T], pause: float) -> T:
+    """Run `steps` to the end, paced (`Pacer`) between them."""
+    step = Pacer(pause).step
     while True:
         try:
             next(steps)
         except StopIteration as done:
             result: T = done.value
             return result
-        if pause and time.perf_counter() >= slice_ends:
-            time.sleep(pause)
-            slice_ends = time.perf_counter() + SLICE_S
+        step()
 
 
 # A store LMDB cannot read at all (cut short, not an LMDB file any more, a broken tree);

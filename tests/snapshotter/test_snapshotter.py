@@ -450,6 +450,40 @@ def test_the_order_history_index_is_written_in_batches_not_every_turn(
         assert index.cursor("BTCUSDT")[0] == 110
 
 
+def test_a_paced_turn_sleeps_between_its_units_of_work_and_applies_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Following the journal and updating the order-history index are paced as a
+    checkpoint is (`Pacer`): with SLICE_S at 0 every record and every slice of puts is
+    followed by the pause, and the shadow and the index end up where an unpaced turn
+    leaves them. The daemon's turns are paced; the catch-up at stop is not."""
+    from journal import history
+    from journal.history import HistoryIndex
+    from snapshotter import process
+
+    monkeypatch.setattr(process, "SLICE_S", 0.0)
+    monkeypatch.setattr(history, "PUT_SLICE", 10)
+    config, append = standalone_btc(tmp_path)
+    append(40)
+    with (
+        CheckpointStore(config.data_path / "checkpoints.lmdb") as store,
+        HistoryIndex.in_data_dir(config.data_path) as index,
+    ):
+        snapshotter = process.Snapshotter(config, store, logging.getLogger("test"), index)
+        snapshotter.initialise()
+        started = time.monotonic()
+        snapshotter.turn(0.01)
+        took = time.monotonic() - started
+        assert snapshotter.shadows[0].seq == 40
+        assert index.cursor("BTCUSDT")[0] == 40
+        assert index.order_seqs("BTCUSDT", 40) == [40]
+        # 40 records, then 40 by_account and 40 by_order keys in slices of 10: 48 pauses
+        assert took >= 48 * 0.01
+        append(40)
+        snapshotter.turn()  # unpaced: what the catch-up at stop does
+        assert snapshotter.shadows[0].seq == 80
+
+
 @pytest.mark.parametrize("uncounted", [False, True], ids=["every change counted", "a change not counted"])
 def test_a_checkpoint_is_checked_against_the_book_encoded_anew(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, uncounted: bool
