@@ -65,12 +65,16 @@ PID_FILE = "snapshotter.pid"
 # (nor delay a SIGUSR1 / SIGTERM by more than one bounded turn).
 MAX_RECORDS_PER_TURN = 5_000
 # A checkpoint, a turn and an order-history update work in slices of SLICE_S of CPU with
-# PAUSE_S asleep after each (`Pacer`), so none holds a core and they take a sixth of one at
-# most: on this 2-core VM even idle-priority CPU shows in the matchers' ack p99 (a pure
-# CPU burn standing in for checkpoints: x0.95 at 45 ms per 0.5 s, x1.29 at 150 ms). A
-# checkpoint of 133,000 orders takes about 0.5 s instead of 0.16 s; with checkpoints
-# back to back, ack p99 x1.14-1.16 over none instead of x1.18-1.22 (three runs each).
-SLICE_S = 0.001
+# PAUSE_S asleep after each (`Pacer`), so none holds a core and they take an eleventh of
+# one at most: on this 2-core VM even idle-priority CPU shows in the matchers' ack p99 (a
+# pure CPU burn standing in for checkpoints: x0.95 at 45 ms per 0.5 s, x1.29 at 150 ms). A
+# checkpoint of 133,000 orders took about 0.5 s instead of 0.16 s at 1 ms slices; with
+# checkpoints back to back, ack p99 x1.14-1.16 over none instead of x1.18-1.22 (three runs
+# each). Slices of 0.5 ms rather than 1 (step 3 of bench/recovery.py, two runs a side,
+# windows with host stalls left out): acks slower than 2 ms during a checkpoint's paced
+# part 1.1% of them instead of 2.4-2.5%, in quiet windows 0.58-0.74% of all instead of
+# 0.88-0.95%; a checkpoint takes about twice as long.
+SLICE_S = 0.0005
 PAUSE_S = 0.005
 # At most this often per instrument, a checkpoint's encoding (which takes the runs the last
 # one encoded as they were, where no order in them changed) is checked against the book
