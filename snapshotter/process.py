@@ -27,7 +27,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -43,7 +43,7 @@ from daemon.notify import notify
 from engine.engine import STATE_HASH_V2, Engine
 from engine.instrument import Instrument
 from engine.stepwise_checkpoint import EncodedState, LevelEncodings, encode_steps
-from journal import CorruptRecord, Journal, JournalError, history, journal_path
+from journal import CorruptRecord, Journal, JournalError, Record, history, journal_path
 from journal.archive import ArchivedJournal
 from journal.checkpoints import (
     STATE_IN_PIECES,
@@ -64,6 +64,7 @@ PID_FILE = "snapshotter.pid"
 # Records applied per instrument per loop turn, so one busy journal does not starve others
 # (nor delay a SIGUSR1 / SIGTERM by more than one bounded turn).
 MAX_RECORDS_PER_TURN = 5_000
+READ_STEP = 64  # records per journal read within a turn (see `_apply`)
 # A checkpoint, a turn and an order-history update work in slices of SLICE_S of CPU with
 # PAUSE_S asleep after each (`Pacer`), so none holds a core and they take an eleventh of
 # one at most: on this 2-core VM even idle-priority CPU shows in the matchers' ack p99 (a
@@ -164,6 +165,9 @@ class Snapshotter:
         self.alarms = 0
         self.checkpoints = 0
         self.records = 0
+        # True once a stop was asked for (`serve`): pacing stops sleeping, so a paced turn
+        # or checkpoint in progress does not eat the supervisor's stop timeout.
+        self.stopping: Callable[[], bool] = _never
 
     # --- start-up -----------------------------------------------------------------------
 
@@ -208,7 +212,8 @@ class Snapshotter:
         it is paced like any checkpoint. Every chunk it finds stored is read back: a damaged one is
         written again (and so mended for every checkpoint that lists it)."""
         started = time.perf_counter()
-        encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), PAUSE_S)
+        pacer = self._pacer(PAUSE_S)
+        encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), pacer)
         # Restore checked the state against the checkpoint's hash, of whichever version it
         # has; a hash of this version must be the one just taken (else: cannot happen).
         if snap.state_hash.startswith(STATE_HASH_V2) and encoded.state_hash != snap.state_hash:
@@ -217,7 +222,7 @@ class Snapshotter:
         again = msgspec.structs.replace(snap, state=STATE_IN_PIECES)
         try:
             again_steps = self.store.put_steps(again, encoded.pieces, encoded.digests, scrub_every=1)
-            stored = _paced(again_steps, PAUSE_S)
+            stored = _paced(again_steps, pacer)
         except lmdb.Error as exc:
             log(self.logger, "checkpoint_adopt_failed", logging.WARNING, symbol=shadow.symbol, seq=snap.seq,
                 error=f"{type(exc).__name__}: {exc}")  # fmt: skip
@@ -243,6 +248,7 @@ class Snapshotter:
         shadow.seq = shadow.checkpointed_seq = seq
         shadow.since = 0
         shadow.caught_up = False
+        shadow.history_pending = history.Pending(shadow.symbol)  # records of the book left behind
 
     # --- following the journals -----------------------------------------------------------
 
@@ -251,7 +257,7 @@ class Snapshotter:
         may hold more right now (so the caller should not sleep). `pause`: paced as a
         checkpoint is (`Pacer`), the order-history update included; 0 at stop and in tests."""
         more = False
-        pacer = Pacer(pause)
+        pacer = self._pacer(pause)
         for shadow in self.shadows:
             if shadow.broken is not None:
                 continue
@@ -300,26 +306,15 @@ class Snapshotter:
     def _apply(self, shadow: Shadow, limit: int, pending: history.Pending | None, pacer: Pacer) -> int:
         journal = shadow.journal
         assert journal is not None
-        process = shadow.engine.process
-        step = pacer.step
         applied = 0
         try:
-            for record in journal.read(shadow.seq + 1, shadow.seq + limit):
-                if record.seq != shadow.seq + 1:
-                    self._break(shadow, f"gap in journal: expected seq {shadow.seq + 1}, found {record.seq}")
-                    break
-                events = process(record.command)
-                if events != record.events:
-                    self.alarms += 1
-                    log(self.logger, "determinism_alarm", logging.ERROR, symbol=shadow.symbol, seq=record.seq,
-                        detail=f"replay gave {events!r}, journal holds {record.events!r}"[:2000])  # fmt: skip
-                    self._break(shadow, f"determinism alarm at seq {record.seq}")
-                    break
-                shadow.seq = record.seq
-                applied += 1
-                if pending is not None:
-                    pending.add(record)
-                step()  # sleeps between records only: `Journal.read` holds no txn across a yield
+            while applied < limit and shadow.broken is None:
+                # READ_STEP records per read: `Journal.read` checks and decodes the range it
+                # reads before its first yield, a burst the pacing could not split.
+                last = shadow.seq + min(READ_STEP, limit - applied)
+                applied += self._apply_range(shadow, journal.read(shadow.seq + 1, last), pending, pacer)
+                if shadow.seq < last:
+                    break  # the journal ends here (or the shadow broke)
         except CorruptRecord as exc:
             self._break(shadow, f"damaged journal record: {exc}")
         except (JournalError, lmdb.Error) as exc:
@@ -330,6 +325,32 @@ class Snapshotter:
         shadow.since += applied
         self.records += applied
         return applied
+
+    def _apply_range(
+        self, shadow: Shadow, records: Iterable[Record], pending: history.Pending | None, pacer: Pacer
+    ) -> int:
+        process = shadow.engine.process
+        applied = 0
+        for record in records:
+            if record.seq != shadow.seq + 1:
+                self._break(shadow, f"gap in journal: expected seq {shadow.seq + 1}, found {record.seq}")
+                break
+            events = process(record.command)
+            if events != record.events:
+                self.alarms += 1
+                log(self.logger, "determinism_alarm", logging.ERROR, symbol=shadow.symbol, seq=record.seq,
+                    detail=f"replay gave {events!r}, journal holds {record.events!r}"[:2000])  # fmt: skip
+                self._break(shadow, f"determinism alarm at seq {record.seq}")
+                break
+            shadow.seq = record.seq
+            applied += 1
+            if pending is not None:
+                pending.add(record)
+            pacer.step()  # between records only: `Journal.read` holds no txn across a yield
+        return applied
+
+    def _pacer(self, pause: float) -> Pacer:
+        return Pacer(pause, self.stopping)
 
     def _update_history(self, shadow: Shadow, pacer: Pacer) -> None:
         """The order-history index (`journal.history`): the records applied since its last
@@ -379,14 +400,14 @@ class Snapshotter:
         if reason in ("records", "interval") and time.monotonic() < shadow.retry_at:
             return
         started, cpu = time.perf_counter(), time.thread_time()
-        pause = 0.0 if reason == "stop" else PAUSE_S  # at stop the order path has stopped
-        encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), pause)
+        pacer = self._pacer(0.0 if reason == "stop" else PAUSE_S)  # at stop the order path has stopped
+        encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), pacer)
         if time.monotonic() - shadow.verified_at >= VERIFY_EVERY_S:
-            encoded = self._verified(shadow, encoded, pause)
+            encoded = self._verified(shadow, encoded, pacer)
         snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), STATE_IN_PIECES, encoded.state_hash)
         try:
             keep = self.config.snapshotter.keep_checkpoints or None  # 0: keep them all
-            stored = _paced(self.store.put_steps(snap, encoded.pieces, encoded.digests, keep=keep), pause)
+            stored = _paced(self.store.put_steps(snap, encoded.pieces, encoded.digests, keep=keep), pacer)
         except lmdb.Error as exc:
             shadow.retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             log(self.logger, "checkpoint_failed", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq,
@@ -406,14 +427,14 @@ class Snapshotter:
         if stored.pruned:
             log(self.logger, "checkpoints_pruned", symbol=shadow.symbol, deleted=stored.pruned, kept=keep)
 
-    def _verified(self, shadow: Shadow, encoded: EncodedState, pause: float) -> EncodedState:
+    def _verified(self, shadow: Shadow, encoded: EncodedState, pacer: Pacer) -> EncodedState:
         """`encoded`, checked against the book encoded anew: what it took as it was from the
         last checkpoint rests on every change to a level being counted (`Level.version`,
         `Order.stamp`), and a change that is not would be written into every checkpoint
         after it, hash and all, unseen until a replay from one trades differently. On a
         mismatch the new encoding is the one stored, and reused from then on."""
         fresh_levels = LevelEncodings()
-        fresh = _paced(encode_steps(shadow.engine, reuse=fresh_levels), pause)
+        fresh = _paced(encode_steps(shadow.engine, reuse=fresh_levels), pacer)
         shadow.verified_at = time.monotonic()
         if fresh.state_hash == encoded.state_hash:
             return encoded
@@ -428,11 +449,12 @@ class Snapshotter:
     def serve(self, signals: Signals) -> None:
         cfg = self.config.snapshotter
         next_interval = time.monotonic() + cfg.checkpoint_interval_s
+        self.stopping = lambda: signals.stop is not None
         more = False
         while signals.stop is None:
-            # Paced while the shadows keep up; after a turn that left records waiting, the
-            # next is not, so a load beyond what a paced turn follows never leaves them
-            # further behind for good.
+            # Paced while the shadows keep up; after a turn that applied its limit of records
+            # (a backlog), the next is not, so a load beyond what paced turns follow leaves
+            # them at most about one turn's limit behind.
             more = self.turn(0.0 if more else PAUSE_S)
             self.checkpoint_due()
             if signals.take:
@@ -499,8 +521,13 @@ def run(config: Config) -> int:
         os.close(lock)
 
 
+def _never() -> bool:
+    return False
+
+
 class Pacer:
-    """Sleeps `pause` after every SLICE_S of work (never if 0): `step()` between units of it.
+    """Sleeps `pause` after every SLICE_S of work (never if 0, nor once `hurry()`): `step()`
+    between units of it.
 
     A sleep, not a lower priority, is what keeps the snapshotter off the order path: while
     we sleep our CPU is idle, so a matcher or gateway thread that woke up runs at once instead
@@ -508,21 +535,22 @@ class Pacer:
     between two synced transactions of the store write, the matchers' own fsyncs get the disk.
     """
 
-    __slots__ = ("_ends", "_pause")
+    __slots__ = ("_ends", "_hurry", "_pause")
 
-    def __init__(self, pause: float) -> None:
+    def __init__(self, pause: float, hurry: Callable[[], bool] = _never) -> None:
         self._pause = pause
+        self._hurry = hurry
         self._ends = time.perf_counter() + SLICE_S
 
     def step(self) -> None:
-        if self._pause and time.perf_counter() >= self._ends:
+        if self._pause and time.perf_counter() >= self._ends and not self._hurry():
             time.sleep(self._pause)
             self._ends = time.perf_counter() + SLICE_S
 
 
-def _paced(steps: Generator[None, None, T], pause: float) -> T:
-    """Run `steps` to the end, paced (`Pacer`) between them."""
-    step = Pacer(pause).step
+def _paced(steps: Generator[None, None, T], pacer: Pacer) -> T:
+    """Run `steps` to the end, paced by `pacer` between them."""
+    step = pacer.step
     while True:
         try:
             next(steps)

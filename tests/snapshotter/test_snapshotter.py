@@ -484,6 +484,51 @@ def test_a_paced_turn_sleeps_between_its_units_of_work_and_applies_the_same(
         assert snapshotter.shadows[0].seq == 80
 
 
+def test_serve_paces_its_turns_but_not_after_a_backlog_nor_once_asked_to_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SLICE_S at 0 a paced turn sleeps PAUSE_S per record. A turn that applied its
+    limit (a backlog) is followed by unpaced ones: 200 records are followed long before
+    200 pauses could pass. Once a stop is asked for, a paced turn stops sleeping: the
+    300 records of a turn that would sleep for 6 s are applied and the loop returns well
+    before. (Sleeps are lower bounds; the margins are seconds.)"""
+    import threading
+
+    from snapshotter import process
+
+    monkeypatch.setattr(process, "SLICE_S", 0.0)
+    monkeypatch.setattr(process, "PAUSE_S", 0.02)
+    monkeypatch.setattr(process, "MAX_RECORDS_PER_TURN", 40)
+    config, append = standalone_btc(tmp_path)
+    append(200)
+    signals = process.Signals()
+    with CheckpointStore(config.data_path / "checkpoints.lmdb") as store:
+        snapshotter = process.Snapshotter(config, store, logging.getLogger("test"))
+        snapshotter.initialise()
+        shadow = snapshotter.shadows[0]
+        loop = threading.Thread(target=snapshotter.serve, args=(signals,), daemon=True)
+        started = time.monotonic()
+        loop.start()
+        try:
+            while shadow.seq < 200 and time.monotonic() - started < 30:
+                time.sleep(0.01)
+            assert shadow.seq == 200
+            assert time.monotonic() - started < 200 * 0.02  # every turn paced: 4 s at least
+            monkeypatch.setattr(process, "MAX_RECORDS_PER_TURN", 1_000)
+            append(300)  # one paced turn: 6 s of pauses
+            while shadow.seq == 200 and time.monotonic() - started < 60:
+                time.sleep(0.01)
+            asked = time.monotonic()
+            signals.stop = "SIGTERM"
+            loop.join(30)
+            assert not loop.is_alive()
+            assert time.monotonic() - asked < 300 * 0.02 / 2
+            assert shadow.seq == 500
+        finally:
+            signals.stop = "SIGTERM"
+            loop.join(30)
+
+
 @pytest.mark.parametrize("uncounted", [False, True], ids=["every change counted", "a change not counted"])
 def test_a_checkpoint_is_checked_against_the_book_encoded_anew(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, uncounted: bool
