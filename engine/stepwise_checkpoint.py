@@ -49,10 +49,15 @@ from engine.engine import (
 )
 from engine.messages import RestingOrder
 
-# Orders walked and encoded per step: 0.25 ms of one core in a quiet process here, about
-# twice that in the snapshotter beside loaded matchers (cold caches). A level reused as it
-# was counts as _LEVEL_WORK orders.
-STEP_ORDERS = 1_000
+# Orders walked and encoded per step: on the bench's grown book (240,000 orders, 1,000 new
+# since the last checkpoint) the longest step of a checkpoint takes 0.3-0.45 ms of one
+# core in a quiet process here (0.55-0.75 ms at 1,000 a step), about twice that in the
+# snapshotter beside loaded matchers (cold caches): no more than the snapshotter's pacing
+# slice (0.5 ms), which a step cannot be cut below. The first steps encode the levels at
+# the touch, where the orders came: at 1,000 a step, acks > 2 ms were 10-12% of those sent
+# in the 5 ms before a checkpoint's start (its first step), at 400, 5-9% (step 3 of
+# bench/recovery.py, two runs a side). A level reused as it was counts as _LEVEL_WORK orders.
+STEP_ORDERS = 400
 # Pieces an open run may be in before they are joined: a level appended to checkpoint after
 # checkpoint adds one each time until one of its new orders closes the run. The limit is 8
 # to 15 by the level's price (`open_pieces_limit`): with one limit for all, every level
