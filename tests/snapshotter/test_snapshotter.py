@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -12,8 +13,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
 import msgspec
@@ -29,6 +31,10 @@ from journal import Journal, Record, journal_path, key
 from journal import encode as encode_record
 from journal.checkpoints import CheckpointStore, Snapshot, new_snapshot
 from tests.e2e.conftest import ROOT, Daemon
+
+if TYPE_CHECKING:
+    from journal.history import HistoryIndex
+    from snapshotter import process
 
 BTC = InstrumentConfig(symbol="BTCUSDT", price_decimals=2, qty_decimals=4, lot_size=1).spec()
 ETH = InstrumentConfig(symbol="ETHUSDT", price_decimals=2, qty_decimals=4).spec()
@@ -414,25 +420,34 @@ def append_bids(path: Path, n: int) -> None:
         journal.append([Record(c.seq, c.ts, c, engine.process(c)) for c in commands])
 
 
-def test_the_order_history_index_is_written_in_batches_not_every_turn(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Held back until HISTORY_EVERY_S has passed (here: never) or MAX_RECORDS_PER_TURN
-    records wait (here: 60), and written at close. The time-driven write is what the
-    daemon's test of the index (tests/cli/test_history_cli.py) waits for."""
+@contextlib.contextmanager
+def indexing_snapshotter(config: Config) -> Iterator[tuple[process.Snapshotter, HistoryIndex]]:
+    """An initialised standalone snapshotter that keeps the order-history index, and the index."""
     from journal.history import HistoryIndex
     from snapshotter import process
 
-    monkeypatch.setattr(process, "HISTORY_EVERY_S", 3600.0)
-    monkeypatch.setattr(process, "MAX_RECORDS_PER_TURN", 60)
-    config, append = standalone_btc(tmp_path)
-    append(30)
     with (
         CheckpointStore(config.data_path / "checkpoints.lmdb") as store,
         HistoryIndex.in_data_dir(config.data_path) as index,
     ):
         snapshotter = process.Snapshotter(config, store, logging.getLogger("test"), index)
         snapshotter.initialise()
+        yield snapshotter, index
+
+
+def test_the_order_history_index_is_written_in_batches_not_every_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held back until HISTORY_EVERY_S has passed (here: never) or MAX_RECORDS_PER_TURN
+    records wait (here: 60), and written at close. The time-driven write is what the
+    daemon's test of the index (tests/cli/test_history_cli.py) waits for."""
+    from snapshotter import process
+
+    monkeypatch.setattr(process, "HISTORY_EVERY_S", 3600.0)
+    monkeypatch.setattr(process, "MAX_RECORDS_PER_TURN", 60)
+    config, append = standalone_btc(tmp_path)
+    append(30)
+    with indexing_snapshotter(config) as (snapshotter, index):
         snapshotter.turn()
         assert index.cursor("BTCUSDT")[0] == 30  # the first turn writes at once
         append(50)
@@ -458,19 +473,13 @@ def test_a_paced_turn_sleeps_between_its_units_of_work_and_applies_the_same(
     followed by the pause, and the shadow and the index end up where an unpaced turn
     leaves them. The daemon's turns are paced; the catch-up at stop is not."""
     from journal import history
-    from journal.history import HistoryIndex
     from snapshotter import process
 
     monkeypatch.setattr(process, "SLICE_S", 0.0)
     monkeypatch.setattr(history, "PUT_SLICE", 10)
     config, append = standalone_btc(tmp_path)
     append(40)
-    with (
-        CheckpointStore(config.data_path / "checkpoints.lmdb") as store,
-        HistoryIndex.in_data_dir(config.data_path) as index,
-    ):
-        snapshotter = process.Snapshotter(config, store, logging.getLogger("test"), index)
-        snapshotter.initialise()
+    with indexing_snapshotter(config) as (snapshotter, index):
         started = time.monotonic()
         snapshotter.turn(0.01)
         took = time.monotonic() - started
