@@ -28,7 +28,7 @@ from engine.engine import Engine
 from engine.instrument import Instrument
 from journal import Journal, JournalError
 from journal.checkpoints import CheckpointStore, CorruptSnapshot, Snapshot
-from journal.record import DeterminismAlarm, replay
+from journal.record import DeterminismAlarm, replay_run
 
 __all__ = ["DeterminismAlarm", "Recovered", "open_checkpoints", "rebuild", "restore_checkpoint"]
 
@@ -122,8 +122,8 @@ def _replay(journal: Journal, engine: Engine, start: int) -> tuple[int, int]:
     gc.disable()
     try:
         for first, values in journal.read_raw_chunks(start):
-            for seq, raw in enumerate(values, first):
-                replay(raw, seq, process)
+            replay_run(values, first, process)
+            seq = first + len(values) - 1
     finally:
         if was_enabled:
             gc.enable()
