@@ -14,11 +14,19 @@
    book under a paced load, in windows without and with SIGUSR1 to the snapshotter every
    0.5 s (a checkpoint of the whole book taken again and again: the levels that changed
    encoded and hashed, the pieces the store does not hold yet written, and once 48 are
-   kept the oldest pruned), in ABBA order. If one quiet window's p99 is over 3x another's,
-   the machine was disturbed: no verdict. A diagnostic beside it: of the checkpointing
-   windows' acks slower than the quiet p99, the share that arrived while a checkpoint was
-   being taken (from the snapshotter's log), against the share of all their acks that did.
-   A host stall lands anywhere; a cost of checkpointing lands during checkpoints.
+   kept the oldest pruned), in ABBA order: 24 rounds of one window of each kind. A probe
+   (bench/disk_probe.py) times a 4 KiB fdatasync every 2 ms on the same file system
+   throughout. This VM's disk stalls now and then whatever runs (5-36 ms, about ten times a
+   minute with nothing else running), and a stall blows up the p99 of the window it falls
+   in. So a round in which the probe saw a stall (> 5 ms) outside every checkpoint's span
+   (from the snapshotter's log, 50 ms either side) is left out of the verdict, both its
+   windows; a stall during a checkpoint may be the checkpoint's doing, and its round stays.
+   The p99 of every window is printed too, with its stalls. Fewer than 10 rounds left, or a
+   quiet window's p99 over 3x another's among them: the machine was disturbed, no verdict.
+   A diagnostic beside it: of the checkpointing windows' acks slower than the quiet p99,
+   the share that arrived while a checkpoint was being taken, against the share of all
+   their acks that did. A host stall lands anywhere; a cost of checkpointing lands during
+   checkpoints.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import platform
 import random
 import shutil
 import signal
@@ -48,6 +57,7 @@ from pathlib import Path
 if not __package__:  # run as `python bench/recovery.py`: import `bench` from the repo root
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench.disk_probe import STALL_MS, DiskProbe
 from bench.e2e_daemon import ROOT, BenchDaemon, DaemonError, cpu_seconds
 from bench.e2e_load import MID, LoadResult, LoadSpec, run_client
 from daemon import config as daemon_config
@@ -67,13 +77,21 @@ TARGET_REPLAY = 300_000  # records/s
 TARGET_RESTART_S = 1.0
 TARGET_P99_RATIO = 1.20
 QUIET_SPREAD = 3.0  # quiet windows' p99s further apart than this: no step-3 verdict
-# Quiet/checkpointing window pairs in step 3; even, for the ABBA order. Sixteen of 2.5 s a
-# side: with four, one quiet window's p99 moved the ratio by a tenth either way (quiet
+# Rounds left once those with a disk stall outside a checkpoint are left out: fewer, and
+# the machine was too disturbed for a step-3 verdict.
+MIN_CLEAN_ROUNDS = 10
+# A probe stall this close to a checkpoint's logged span counts as during it (the log's
+# times are to the millisecond; and the benefit of a doubt goes to the checkpoint's cost).
+SPAN_MARGIN_NS = 50_000_000
+# Quiet/checkpointing window pairs in step 3; even, for the ABBA order. 24 of 2.5 s a side:
+# with four, one quiet window's p99 moved the ratio by a tenth either way (quiet
 # windows of one run: 1.5 to 2.9 ms); with eight, runs of the same code still ranged
-# x0.92-1.26 on a VM whose windows' p99 jumped to 10-75 ms now and then. Sixteen rounds of
-# checkpoints every 0.5 s also take the store past `keep_checkpoints` (48), so the later
-# windows prune after every checkpoint, as a daemon does once it has kept that many.
-ROUNDS = 16
+# x0.92-1.26 on a VM whose windows' p99 jumped to 10-75 ms now and then; with sixteen, the
+# disk probe found a stall outside checkpoints in 9 of them (runs of 2026-12-07), too few
+# left. Checkpoints every 0.5 s also take the store past `keep_checkpoints` (48) within 12
+# rounds, so the later windows prune after every checkpoint, as a daemon does once it has
+# kept that many.
+ROUNDS = 24
 QUOTED = (  # matching-engine's figures as the issue quotes them: context, not measured here
     ("replay rate", "≈226,000 records/s"),
     ("restart from snapshot + 97,000-record tail", "1.16 s"),
@@ -93,8 +111,8 @@ class Sizes:
 
 def sizes(quick: bool) -> Sizes:
     if quick:
-        return Sizes(100_000, 10_000, 9_700, 1_000.0, 8.0, 0.5)
-    return Sizes(1_000_000, 100_000, TAIL, 2_000.0, 40.0, 0.5)
+        return Sizes(100_000, 10_000, 9_700, 1_000.0, 12.0, 0.5)
+    return Sizes(1_000_000, 100_000, TAIL, 2_000.0, 60.0, 0.5)
 
 
 # --- building the journal (not timed) ------------------------------------------------------
@@ -423,6 +441,61 @@ def slow_acks_during_checkpoints(results: list[LoadResult], rate: float, slow_ms
     return f"{share_during(slow, spans):.0%} of {len(slow):,} / {share_during(every, spans):.0%}"
 
 
+@dataclass(frozen=True)
+class Window:
+    """One step-3 load window: its round, its kind, its acks' latencies (ms) and its span
+    on the perf_counter clock (first send to last ack)."""
+
+    round: int
+    checkpointing: bool
+    result: LoadResult
+    latencies: list[float]
+    start: int
+    end: int
+
+    @classmethod
+    def of(cls, round_: int, checkpointing: bool, res: LoadResult, rate: float) -> Window:
+        acks = timed_acks(res, rate)
+        return cls(round_, checkpointing, res, latencies_ms(res), res.first_send_ns,
+                   acks[-1][0] if acks else res.first_send_ns)  # fmt: skip
+
+    @property
+    def label(self) -> str:
+        return "ckpt" if self.checkpointing else "quiet"
+
+
+@dataclass(frozen=True)
+class Stalls:
+    """The disk probe's stalls (ms) within a window: those that overlap a checkpoint (which
+    may be its doing) and those outside every checkpoint (the machine's)."""
+
+    during: list[float]
+    outside: list[float]
+
+    def show(self) -> str:
+        marks = [f"{ms:.0f}" for ms in self.outside] + [f"{ms:.0f}c" for ms in self.during]
+        return f" [{' '.join(marks)}]" if marks else ""
+
+
+def window_stalls(window: Window, probe: DiskProbe, spans: list[tuple[int, int]]) -> Stalls:
+    during: list[float] = []
+    outside: list[float] = []
+    for start, ms in probe.stalls(window.start, window.end):
+        end = start + int(ms * 1e6)
+        near = any(a - SPAN_MARGIN_NS <= end and start <= b + SPAN_MARGIN_NS for a, b in spans)
+        (during if near else outside).append(ms)
+    return Stalls(during, outside)
+
+
+def clean_rounds(windows: list[Window], stalls: list[Stalls]) -> set[int]:
+    """The rounds in none of whose windows the probe saw a stall outside a checkpoint: a
+    stall of the device that no checkpoint caused slows the acks of whichever window it
+    falls in, and leaving out both windows of its round keeps the two sides paired. A
+    stall during a checkpoint may be the checkpoint's cost: its round stays."""
+    rounds = {w.round for w in windows}
+    return rounds - {w.round for w, st in zip(windows, stalls, strict=True) if st.outside}
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -437,6 +510,12 @@ def latencies_ms(result: LoadResult) -> list[float]:
 
 
 # --- the run -------------------------------------------------------------------------------
+
+
+def interpreter() -> str:
+    """Which Python ran it: the same code replays about 30% faster on one build than on
+    another (Debian's 3.11.2 against pyenv's 3.11.7, on the development VM)."""
+    return f"python {platform.python_version()}, {os.path.realpath(sys.executable)}"
 
 
 def verdict(ok: bool) -> str:
@@ -500,7 +579,7 @@ def main() -> int:
         if args.replay_only:
             print()
             print(f"clobd recovery bench, replay only ({sz.records:,} records, book of "
-                  f"{facts['resting']:,} resting orders)")  # fmt: skip
+                  f"{facts['resting']:,} resting orders; {interpreter()})")  # fmt: skip
             for label, value in [
                 *replay_rows,
                 (f"2b. restart, checkpoint + {tail[0][1]:,}-record tail", f"{tail_s:.3f} s"),
@@ -533,19 +612,16 @@ def main() -> int:
             history.catch_up(index, jnl, SYMBOL)
 
         print("step 3: daemon ack latency, without / with checkpointing ...", file=sys.stderr, flush=True)
-        base: list[float] = []
-        busy: list[float] = []
         taken: list[dict[str, str]] = []
         adopted: list[dict[str, str]] = []
         signals = 0
-        per_window: list[str] = []  # p99 of each window, in the order run
-        quiet_p99s: list[float] = []
-        ckpt_p99s: list[float] = []
+        windows: list[Window] = []
         costs = {False: WindowCost(), True: WindowCost()}  # by checkpointing
-        ckpt_results: list[LoadResult] = []
         wall_minus_perf_ns = time.time_ns() - time.perf_counter_ns()
+        probe = DiskProbe(root)
         try:
             daemon.start(120)
+            probe.start()
             pid = snapshotter_pid(daemon)
             load_window(daemon.endpoint, "warmup", replace(sz, window_s=1.0))  # discarded
             # Quiet and checkpointing windows in ABBA order (quiet, ckpt, ckpt, quiet, ...):
@@ -558,23 +634,18 @@ def main() -> int:
                     if checkpointing:
                         res, sent = checkpointing_window(daemon.endpoint, f"ckpt{r}", half, pid)
                         signals += sent
-                        busy += latencies_ms(res)
-                        ckpt_results.append(res)
                     else:
                         res = load_window(daemon.endpoint, f"quiet{r}", half)
-                        base += latencies_ms(res)
                     costs[checkpointing].add(cpu_seconds(pid) - cpu0, disk0, disk_written(daemon.data_dir))
                     check_load(res, problems)
-                    label = "ckpt" if checkpointing else "quiet"
-                    window_p99 = pct(latencies_ms(res), 0.99)
-                    per_window.append(f"{label} {window_p99:.1f}")
-                    (ckpt_p99s if checkpointing else quiet_p99s).append(window_p99)
+                    windows.append(Window.of(r, checkpointing, res, sz.rate))
             time.sleep(1.0)  # let the last requested checkpoint land in the log
             taken = checkpoint_lines(daemon, "event=checkpoint_written", "reason=requested")
             adopted = checkpoint_lines(daemon, "event=checkpoint_adopted")
         except (DaemonError, RuntimeError, OSError) as exc:
             problems.append(f"daemon: {type(exc).__name__}: {exc}")
         finally:
+            probe.stop()
             if daemon.proc is not None:
                 code = daemon.stop()
                 if code != 0:
@@ -586,11 +657,26 @@ def main() -> int:
         orders = [int(t["resting_orders"]) for t in taken if "resting_orders" in t]
         sizes_b = [int(t["bytes"]) for t in taken if "bytes" in t]
         written_b = [int(t["written"]) for t in taken if "written" in t]
+        spans = checkpoint_spans(taken, wall_minus_perf_ns)
+        stalls = [window_stalls(w, probe, spans) for w in windows]
+        clean = clean_rounds(windows, stalls)
+
+        def acks_of(checkpointing: bool, rounds: set[int] | None = None) -> list[float]:
+            return [ms for w in windows if w.checkpointing == checkpointing
+                    and (rounds is None or w.round in rounds) for ms in w.latencies]  # fmt: skip
+
+        base, busy = acks_of(False), acks_of(True)
         p50a, p99a, p50b, p99b = pct(base, 0.5), pct(base, 0.99), pct(busy, 0.5), pct(busy, 0.99)
-        ratio = p99b / p99a if p99a else float("nan")
+        clean_base, clean_busy = acks_of(False, clean), acks_of(True, clean)
+        c99a, c99b = pct(clean_base, 0.99), pct(clean_busy, 0.99)
+        ratio = c99b / c99a if c99a else float("nan")
+        quiet_p99s = [pct(w.latencies, 0.99) for w in windows if not w.checkpointing and w.round in clean]
+        outside = [ms for st in stalls for ms in st.outside]
+        during = [ms for st in stalls for ms in st.during]
         print()
         print(f"clobd recovery bench ({'quick' if args.quick else 'full'}; {os.cpu_count()} cores; "
-              f"{sz.records:,} records, book of {facts['resting']:,} resting orders)")  # fmt: skip
+              f"{sz.records:,} records, book of {facts['resting']:,} resting orders; "
+              f"{interpreter()})")  # fmt: skip
         print(f"{'measure':58} {'value':>20}")
         print("-" * 79)
         rows = [
@@ -605,12 +691,20 @@ def main() -> int:
              f"{p50b:.2f} / {p99b:.2f} ms"),
             ("   ack max, no checkpoint / checkpointing",
              f"{max(base, default=float('nan')):.1f} / {max(busy, default=float('nan')):.1f} ms"),
-            ("   p99 per window, in order (ms)", ", ".join(per_window)),
+            ("   p99 per window, in order (ms) [disk stalls, ms; c: during a checkpoint]",
+             ", ".join(f"{w.label} {pct(w.latencies, 0.99):.1f}{st.show()}"
+                       for w, st in zip(windows, stalls, strict=True))),
+            (f"   disk stalls (probe fdatasync > {STALL_MS:g} ms): outside / during checkpoints",
+             f"{len(outside)} / {len(during)}"),
+            ("   rounds without a stall outside checkpoints (the verdict's)", f"{len(clean)} of {ROUNDS}"),
+            (f"   in those: ack p99, quiet ({len(clean_base):,}) / checkpointing ({len(clean_busy):,})",
+             f"{c99a:.2f} / {c99b:.2f} ms"),
             ("   median window's p99, checkpointing / quiet (diagnostic)",
-             window_medians(ckpt_p99s, quiet_p99s)),
+             window_medians([pct(w.latencies, 0.99) for w in windows if w.checkpointing],
+                            [pct(w.latencies, 0.99) for w in windows if not w.checkpointing])),
             ("   acks > quiet p99 during a checkpoint / all (diagnostic)",
-             slow_acks_during_checkpoints(ckpt_results, sz.rate, p99a,
-                                          checkpoint_spans(taken, wall_minus_perf_ns))),
+             slow_acks_during_checkpoints([w.result for w in windows if w.checkpointing], sz.rate,
+                                          p99a, spans)),
             (f"   checkpoints written in the window ({signals} SIGUSR1)", f"{len(taken)}"),
             ("   per quiet window: snapshotter CPU; disk written", costs[False].per_window()),
             ("   per checkpointing window: snapshotter CPU; disk written", costs[True].per_window()),
@@ -639,14 +733,19 @@ def main() -> int:
         book = facts["resting"]
         print(f"{verdict(tail_s < TARGET_RESTART_S)}: restart from checkpoint + {tail_records:,}-record "
               f"tail {tail_s:.3f} s, book {book:,} orders (target < {TARGET_RESTART_S:g} s)")  # fmt: skip
-        ok3 = bool(base and busy and taken) and p99b <= p99a * TARGET_P99_RATIO
+        ok3 = bool(clean_base and clean_busy and taken) and c99b <= c99a * TARGET_P99_RATIO
         # A baseline one stall inflated (seen: one quiet window at 108 ms, the others at
-        # 1.5) would pass anything: no verdict from it.
-        disturbed = bool(quiet_p99s) and max(quiet_p99s) > QUIET_SPREAD * min(quiet_p99s)
-        says = "UNRELIABLE" if disturbed else verdict(ok3)
-        print(f"{says}: ack p99 while checkpointing {p99b:.2f} ms vs {p99a:.2f} ms without "
-              f"(x{ratio:.2f}; target <= x{TARGET_P99_RATIO:.2f}); {len(taken)} checkpoints")  # fmt: skip
-        if disturbed:
+        # 1.5) would pass anything: no verdict from it, nor from too few rounds.
+        spread = bool(quiet_p99s) and max(quiet_p99s) > QUIET_SPREAD * min(quiet_p99s)
+        few = len(clean) < MIN_CLEAN_ROUNDS
+        says = "UNRELIABLE" if spread or few else verdict(ok3)
+        print(f"{says}: ack p99 while checkpointing {c99b:.2f} ms vs {c99a:.2f} ms without "
+              f"(x{ratio:.2f}; target <= x{TARGET_P99_RATIO:.2f}), {len(clean)} of {ROUNDS} rounds; "
+              f"{len(taken)} checkpoints")  # fmt: skip
+        if few:
+            print(f"(fewer than {MIN_CLEAN_ROUNDS} rounds without a disk stall outside checkpoints: "
+                  "the machine was disturbed; run again)")  # fmt: skip
+        elif spread:
             print(f"(a quiet window's p99 is over x{QUIET_SPREAD:g} another's: the machine was "
                   "disturbed; run again)")  # fmt: skip
         if args.quick:
