@@ -87,6 +87,11 @@ VERIFY_EVERY_S = 3600.0
 # 1.81 ms with the index not written, alternating windows in one run). The index is
 # derived data: `clob` catches up from the journal whatever it does not hold yet.
 HISTORY_EVERY_S = 1.0
+# Old checkpoints are pruned once more than keep_checkpoints // PRUNE_SLACK_DIVISOR of them
+# are beyond the kept ones (at the default 48: four at a time, so up to 51 are stored), not one after
+# every write: deleting several checkpoints' chunks at once rewrites fewer of the store's
+# pages per chunk (`CheckpointStore.put_steps`, `slack`). Small `keep`s prune every time.
+PRUNE_SLACK_DIVISOR = 16
 # On SIGTERM: how long to keep catching up before the final checkpoint.
 FINAL_CATCH_UP_S = 2.0
 # After a checkpoint write fails (full disk, unwritable store), the automatic triggers
@@ -400,6 +405,7 @@ class Snapshotter:
         if reason in ("records", "interval") and time.monotonic() < shadow.retry_at:
             return
         started, cpu = time.perf_counter(), time.thread_time()
+        commits, commit_s = self.store.commits, self.store.commit_seconds
         pacer = self._pacer(0.0 if reason == "stop" else PAUSE_S)  # at stop the order path has stopped
         encoded = _paced(encode_steps(shadow.engine, reuse=shadow.encodings), pacer)
         if time.monotonic() - shadow.verified_at >= VERIFY_EVERY_S:
@@ -407,7 +413,9 @@ class Snapshotter:
         snap = new_snapshot(shadow.symbol, shadow.seq, time.time_ns(), STATE_IN_PIECES, encoded.state_hash)
         try:
             keep = self.config.snapshotter.keep_checkpoints or None  # 0: keep them all
-            stored = _paced(self.store.put_steps(snap, encoded.pieces, encoded.digests, keep=keep), pacer)
+            slack = 0 if keep is None else keep // PRUNE_SLACK_DIVISOR
+            steps = self.store.put_steps(snap, encoded.pieces, encoded.digests, keep=keep, slack=slack)
+            stored = _paced(steps, pacer)
         except lmdb.Error as exc:
             shadow.retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             log(self.logger, "checkpoint_failed", logging.ERROR, symbol=shadow.symbol, seq=shadow.seq,
@@ -423,7 +431,8 @@ class Snapshotter:
             snapshot_id=snap.snapshot_id, resting_orders=encoded.resting_orders,
             bytes=stored.size, written=stored.written,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
-            cpu_ms=round((time.thread_time() - cpu) * 1000, 1))  # fmt: skip
+            cpu_ms=round((time.thread_time() - cpu) * 1000, 1), commits=self.store.commits - commits,
+            commit_ms=round((self.store.commit_seconds - commit_s) * 1000, 1))  # fmt: skip
         if stored.pruned:
             log(self.logger, "checkpoints_pruned", symbol=shadow.symbol, deleted=stored.pruned, kept=keep)
 

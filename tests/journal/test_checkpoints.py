@@ -156,11 +156,16 @@ def _book(levels: int, per_level: int) -> Engine:
 
 
 def _put_engine(
-    store: CheckpointStore, engine: Engine, seq: int, reuse: LevelEncodings, keep: int | None = None
+    store: CheckpointStore,
+    engine: Engine,
+    seq: int,
+    reuse: LevelEncodings,
+    keep: int | None = None,
+    slack: int = 0,
 ) -> Stored:
     encoded = run_to_end(encode_steps(engine, reuse=reuse))
     snap = new_snapshot("BTC", seq, 0, STATE_IN_PIECES, encoded.state_hash)
-    stored, _ = _drive(store.put_steps(snap, encoded.pieces, encoded.digests, keep=keep))
+    stored, _ = _drive(store.put_steps(snap, encoded.pieces, encoded.digests, keep=keep, slack=slack))
     return stored
 
 
@@ -228,6 +233,31 @@ def test_prune_keeps_the_newest_of_one_symbol_and_the_chunks_they_use(tmp_path: 
         left = _chunk_count(store)
         assert left < others
         assert_every_chunk_is_used(store)
+
+
+def test_a_put_with_slack_prunes_only_once_more_than_slack_are_beyond_keep(tmp_path: Path) -> None:
+    engine = _book(levels=10, per_level=50)
+    reuse = LevelEncodings()
+    pruned, stored = [], []
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        for seq in range(1, 11):
+            engine.process(NewOrder(10_000 + seq, 0, "b", f"d{seq}", Side.BUY, 1, 1000 - seq % 10))
+            pruned.append(_put_engine(store, engine, seq, reuse, keep=3, slack=2).pruned)
+            stored.append(len(store.infos("BTC")))
+        assert pruned == [0, 0, 0, 0, 0, 3, 0, 0, 3, 0]  # three at a time, once three are beyond 3
+        assert stored == [1, 2, 3, 4, 5, 3, 4, 5, 3, 4]
+        assert [i.seq for i in store.infos("BTC")] == [7, 8, 9, 10]
+        assert store.newest("BTC").state == engine.checkpoint()
+        assert_every_chunk_is_used(store)
+
+
+def test_the_store_counts_its_commits_and_their_time(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path / "checkpoints.lmdb") as store:
+        store.put(_snapshot("BTC", 10, 2_000))
+        assert store.commits == 1 and store.commit_seconds > 0
+        store.put(_snapshot("BTC", 20, 2_000))
+        assert store.prune("BTC", 1) == 1
+        assert store.commits == 3
 
 
 def assert_every_chunk_is_used(store: CheckpointStore) -> None:

@@ -357,6 +357,7 @@ def test_the_checkpoint_it_starts_from_is_stored_again_in_its_own_pieces(
     line = next(line for line in standalone.log().splitlines() if written in line)
     fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
     assert int(fields["written"]) < int(fields["bytes"]) / 10  # the new level, and the list
+    assert int(fields["commits"]) >= 1 and 0 < float(fields["commit_ms"]) <= float(fields["duration_ms"])
     with CheckpointStore(standalone.data_dir / "checkpoints.lmdb", readonly=True) as store:
         assert store.by_id(original.snapshot_id) == original  # re-cut, the same checkpoint
         newest = store.newest("ETHUSDT")
