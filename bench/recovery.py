@@ -18,9 +18,11 @@
    (bench/disk_probe.py) times a 4 KiB fdatasync every 2 ms on the same file system
    throughout. This VM's disk stalls now and then whatever runs (5-36 ms, about ten times a
    minute with nothing else running), and a stall blows up the p99 of the window it falls
-   in. So a round in which the probe saw a stall (> 5 ms) outside every checkpoint's span
-   (from the snapshotter's log, 50 ms either side) is left out of the verdict, both its
-   windows; a stall during a checkpoint may be the checkpoint's doing, and its round stays.
+   in. So a round in which the probe saw a stall (> 5 ms) away from every checkpoint's
+   writes is left out of the verdict, both its windows: a checkpoint writes to the disk in
+   its commits only, and its log line says how long they took (`commits=1 commit_ms=`:
+   the one commit that ends it; else its whole span counts), 50 ms either side. A stall
+   near a checkpoint's writes may be the checkpoint's doing, and its round stays.
    The p99 of every window is printed too, with its stalls. Fewer than 10 rounds left, or a
    quiet window's p99 over 3x another's among them: the machine was disturbed, no verdict.
    A diagnostic beside it: of the checkpointing windows' acks slower than the quiet p99,
@@ -80,8 +82,8 @@ QUIET_SPREAD = 3.0  # quiet windows' p99s further apart than this: no step-3 ver
 # Rounds left once those with a disk stall outside a checkpoint are left out: fewer, and
 # the machine was too disturbed for a step-3 verdict.
 MIN_CLEAN_ROUNDS = 10
-# A probe stall this close to a checkpoint's logged span counts as during it (the log's
-# times are to the millisecond; and the benefit of a doubt goes to the checkpoint's cost).
+# A probe stall this close to a checkpoint's writes counts as theirs (the log's times are
+# to the millisecond; and the benefit of a doubt goes to the checkpoint's cost).
 SPAN_MARGIN_NS = 50_000_000
 # Quiet/checkpointing window pairs in step 3; even, for the ABBA order. 24 of 2.5 s a side:
 # with four, one quiet window's p99 moved the ratio by a tenth either way (quiet
@@ -407,12 +409,23 @@ def timed_acks(res: LoadResult, rate: float) -> list[tuple[int, int]]:
 def checkpoint_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> list[tuple[int, int]]:
     """(start, end) of each logged checkpoint on the perf_counter clock (CLOCK_MONOTONIC,
     the same in every process): its line's time, to the millisecond, is when it ended."""
-    spans = []
-    for line in lines:
-        if "ts" in line and "duration_ms" in line:
-            end = int(datetime.fromisoformat(line["ts"]).timestamp() * 1e9) - wall_minus_perf_ns
-            spans.append((end - int(float(line["duration_ms"]) * 1e6), end))
-    return sorted(spans)
+    return sorted(span for line in lines if (span := _span(line, wall_minus_perf_ns, False)))
+
+
+def commit_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> list[tuple[int, int]]:
+    """(start, end) of what each logged checkpoint wrote to the disk: its one commit, which
+    ends it (`commit_ms` before its line's time); its whole span where it made more than one
+    commit, or its line does not say."""
+    return sorted(span for line in lines if (span := _span(line, wall_minus_perf_ns, True)))
+
+
+def _span(line: dict[str, str], wall_minus_perf_ns: int, commit_only: bool) -> tuple[int, int] | None:
+    if "ts" not in line or "duration_ms" not in line:
+        return None
+    end = int(datetime.fromisoformat(line["ts"]).timestamp() * 1e9) - wall_minus_perf_ns
+    one_commit = line.get("commits") == "1" and "commit_ms" in line
+    took = line["commit_ms"] if commit_only and one_commit else line["duration_ms"]
+    return end - int(float(took) * 1e6), end
 
 
 def share_during(times: list[int], spans: list[tuple[int, int]]) -> float:
@@ -466,8 +479,8 @@ class Window:
 
 @dataclass(frozen=True)
 class Stalls:
-    """The disk probe's stalls (ms) within a window: those that overlap a checkpoint (which
-    may be its doing) and those outside every checkpoint (the machine's)."""
+    """The disk probe's stalls (ms) within a window: those near a checkpoint's writes (which
+    may be its doing) and those away from all of them (the machine's)."""
 
     during: list[float]
     outside: list[float]
@@ -658,7 +671,8 @@ def main() -> int:
         sizes_b = [int(t["bytes"]) for t in taken if "bytes" in t]
         written_b = [int(t["written"]) for t in taken if "written" in t]
         spans = checkpoint_spans(taken, wall_minus_perf_ns)
-        stalls = [window_stalls(w, probe, spans) for w in windows]
+        writing = commit_spans(taken, wall_minus_perf_ns)
+        stalls = [window_stalls(w, probe, writing) for w in windows]
         clean = clean_rounds(windows, stalls)
 
         def acks_of(checkpointing: bool, rounds: set[int] | None = None) -> list[float]:
