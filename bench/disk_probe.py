@@ -71,7 +71,8 @@ class DiskProbe:
         self._proc.wait(timeout=10)
         self._proc = None
         flat = array("q")
-        flat.frombytes(self.out.read_bytes())
+        if self.out.exists():  # else the probe died early: no stalls seen, none left out
+            flat.frombytes(self.out.read_bytes())
         self.samples = list(zip(flat[0::2], flat[1::2], strict=True))
 
     def stalls(self, start_ns: int, end_ns: int) -> list[tuple[int, float]]:
