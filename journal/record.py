@@ -124,23 +124,27 @@ def replay_run(
     crc32, stored_crc, decode_view, encode_events, raw_of = _crc32, _stored_crc, _decode_view, _encode, _Raw
     seq = first - 1
     events: list[Event] = []
-    try:
-        for raw in values:
-            seq += 1
+    for raw in values:
+        seq += 1
+        try:  # free in 3.11 unless it raises; around the checks only, not around `process`
             payload = raw[_CRC_SIZE:]
             if crc32(payload) != stored_crc(raw)[0]:
                 raise CorruptRecord(seq, "checksum mismatch (corrupted or truncated)")
             view = decode_view(payload)
-            if view.seq != seq:
-                raise CorruptRecord(seq, f"stored under seq {seq} but says seq {view.seq}")
-            events = process(view.command)
-            if raw_of(encode_events(events)) != view.events:
-                _compare_decoded(seq, view.events, events)
-    except struct.error:  # fewer bytes than the checksum
-        raise CorruptRecord(seq, f"truncated: {len(raw)} bytes") from None
-    except msgspec.DecodeError as exc:
-        raise CorruptRecord(seq, f"undecodable payload: {exc}") from exc
+        except (struct.error, msgspec.DecodeError) as exc:  # no payload at all, or a bad one
+            raise CorruptRecord(seq, _undecodable(raw, exc)) from exc
+        if view.seq != seq:
+            raise CorruptRecord(seq, f"stored under seq {seq} but says seq {view.seq}")
+        events = process(view.command)
+        if raw_of(encode_events(events)) != view.events:
+            _compare_decoded(seq, view.events, events)
     return events
+
+
+def _undecodable(raw: bytes | memoryview, exc: Exception) -> str:
+    if len(raw) <= _CRC_SIZE:
+        return f"truncated: {len(raw)} bytes"
+    return f"undecodable payload: {exc}"
 
 
 def _compare_decoded(seq: int, stored: msgspec.Raw, events: list[Event]) -> None:

@@ -263,6 +263,9 @@ def test_replay_detects_damage_and_a_record_under_another_seq() -> None:
             replay(raw[:length], 4, process)
     with pytest.raises(CorruptRecord, match="stored under seq 5 but says seq 4"):
         replay(raw, 5, process)
+    for short in (b"", b"\x00\x00", b"\x00\x00\x00\x00"):  # no payload: said so, whatever the checksum
+        with pytest.raises(CorruptRecord, match=f"truncated: {len(short)} bytes"):
+            replay(short, 4, process)
 
 
 def test_replay_valid_checksum_but_undecodable_events_is_corrupt() -> None:
