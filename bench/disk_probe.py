@@ -71,9 +71,15 @@ class DiskProbe:
         self._proc.wait(timeout=10)
         self._proc = None
         flat = array("q")
-        if self.out.exists():  # else the probe died early: no stalls seen, none left out
-            flat.frombytes(self.out.read_bytes())
+        if self.out.exists():  # else it died early: `covers` says so
+            data = self.out.read_bytes()
+            flat.frombytes(data[: len(data) // 16 * 16])  # whole samples only
         self.samples = list(zip(flat[0::2], flat[1::2], strict=True))
+
+    def covers(self, start_ns: int, end_ns: int) -> bool:
+        """Did it sample from `start` to `end` (within a second)? A probe that died early
+        saw no stalls after it did, which is not the same as there being none."""
+        return bool(self.samples) and self.samples[0][0] <= start_ns and self.samples[-1][0] >= end_ns - 10**9
 
     def stalls(self, start_ns: int, end_ns: int) -> list[tuple[int, float]]:
         """(start ns, latency ms) of the syncs over STALL_MS that overlap [start, end]."""

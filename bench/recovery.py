@@ -13,16 +13,19 @@
 3. Ack latency of the real daemon (`clob serve`, bench/e2e_daemon.py) on that 100,000-order
    book under a paced load, in windows without and with SIGUSR1 to the snapshotter every
    0.5 s (a checkpoint of the whole book taken again and again: the levels that changed
-   encoded and hashed, the pieces the store does not hold yet written, and once 48 are
-   kept the oldest pruned), in ABBA order: 24 rounds of one window of each kind. A probe
+   encoded and hashed, the pieces the store does not hold yet written, and once 52 are
+   stored the oldest four pruned, down to 48), in ABBA order: 24 rounds of one window of each kind. A probe
    (bench/disk_probe.py) times a 4 KiB fdatasync every 2 ms on the same file system
    throughout. This VM's disk stalls now and then whatever runs (5-36 ms, about ten times a
    minute with nothing else running; in step 3, 0.76 stalls a window in quiet and in
    checkpointing windows alike over 9 runs), and a stall blows up the p99 of the window it
    falls in. So the acks of the orders in flight during a stall the probe saw (> 5 ms; from
-   2 ms before it to 20 ms after) are left out of the verdict, on both sides. Unless the
-   checkpointing windows saw more stalls than the quiet ones beyond chance: then the
-   checkpoints may cause them, and none is left out. Every window's p99 is printed too, with
+   2 ms before it to 20 ms after) are left out of the verdict, on both sides; but not those
+   around a stall that overlaps a checkpoint's commit (5 ms either side; `commit_ms` of its
+   log line, or its whole span if it made more than one commit), which may be the commit's
+   doing. And none is left out if the checkpointing windows saw more stalls than the quiet
+   ones beyond chance: then the checkpoints may cause them. No step-3 verdict if the probe
+   did not sample all of it. Every window's p99 is printed too, with
    its stalls. Over 10% of a side's acks left out, or a quiet window's p99 over 3x
    another's: the machine was disturbed, no verdict.
    A diagnostic beside it: of the checkpointing windows' acks slower than the quiet p99,
@@ -85,6 +88,8 @@ QUIET_SPREAD = 3.0  # quiet windows' p99s further apart than this: no step-3 ver
 # during a stall are acked together at its end, and those just after wait behind them.
 STALL_BEFORE_NS = 2_000_000
 STALL_AFTER_NS = 20_000_000
+# Unless the stall overlaps a checkpoint's commit, this close (log times are to the ms).
+COMMIT_MARGIN_NS = 5_000_000
 # More of either side's acks left out than this: the machine was too disturbed for a verdict.
 MAX_LEFT_OUT = 0.10
 # Quiet/checkpointing window pairs in step 3; even, for the ABBA order. 24 of 2.5 s a side:
@@ -418,6 +423,19 @@ def checkpoint_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> li
     return sorted(spans)
 
 
+def commit_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> list[tuple[int, int]]:
+    """(start, end) of what each logged checkpoint wrote to the disk: its one commit, which
+    ends it (`commit_ms` before its line's time); its whole span where it made more than
+    one (the chunks a prune left come first), or its line does not say."""
+    spans = []
+    for line in lines:
+        for start, end in checkpoint_spans([line], wall_minus_perf_ns):
+            if line.get("commits") == "1" and "commit_ms" in line:
+                start = max(start, end - int(float(line["commit_ms"]) * 1e6))
+            spans.append((start, end))
+    return sorted(spans)
+
+
 def share_during(times: list[int], spans: list[tuple[int, int]]) -> float:
     """The share of `times` that fall within one of `spans` (sorted, not overlapping)."""
     starts = [start for start, _ in spans]
@@ -478,18 +496,25 @@ class Window:
         return out
 
 
-def stalled_spans(probe: DiskProbe) -> list[tuple[int, int]]:
+def stalled_spans(probe: DiskProbe, commits: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], int]:
     """Where the disk stalled, as the acks feel it: each probe sync over STALL_MS, from
     STALL_BEFORE_NS before it began to STALL_AFTER_NS after it ended (the backlog it left
-    drains), merged where they overlap."""
+    drains), merged where they overlap; and how many stalls were not taken, for they
+    overlap a checkpoint's commit (`commits`, COMMIT_MARGIN_NS either side): those may be
+    the commit's doing, and the acks they slowed stay in the verdict."""
     spans: list[tuple[int, int]] = []
+    at_commits = 0
     for start, ms in probe.stalls(0, 1 << 62):
-        a, b = start - STALL_BEFORE_NS, start + int(ms * 1e6) + STALL_AFTER_NS
+        end = start + int(ms * 1e6)
+        if any(a - COMMIT_MARGIN_NS <= end and start <= b + COMMIT_MARGIN_NS for a, b in commits):
+            at_commits += 1
+            continue
+        a, b = start - STALL_BEFORE_NS, end + STALL_AFTER_NS
         if spans and a <= spans[-1][1]:
             spans[-1] = (spans[-1][0], max(spans[-1][1], b))
         else:
             spans.append((a, b))
-    return spans
+    return spans, at_commits
 
 
 def shown(stalls: list[float]) -> str:
@@ -665,7 +690,10 @@ def main() -> int:
         sizes_b = [int(t["bytes"]) for t in taken if "bytes" in t]
         written_b = [int(t["written"]) for t in taken if "written" in t]
         spans = checkpoint_spans(taken, wall_minus_perf_ns)
-        stalled = stalled_spans(probe)
+        stalled, at_commits = stalled_spans(probe, commit_spans(taken, wall_minus_perf_ns))
+        probed = bool(windows) and probe.covers(windows[0].start, windows[-1].end)
+        if not probed:
+            problems.append("the disk probe did not sample all of step 3: no step-3 verdict")
         stalls = [[ms for _, ms in probe.stalls(w.start, w.end)] for w in windows]
         quiet_stalls = sum(len(st) for w, st in zip(windows, stalls, strict=True) if not w.checkpointing)
         ckpt_stalls = sum(len(st) for w, st in zip(windows, stalls, strict=True) if w.checkpointing)
@@ -706,6 +734,7 @@ def main() -> int:
                        for w, st in zip(windows, stalls, strict=True))),
             (f"   disk stalls (probe fdatasync > {STALL_MS:g} ms), quiet / checkpointing windows",
              f"{quiet_stalls} / {ckpt_stalls}"),
+            ("   of them at a checkpoint's commit (their acks kept)", f"{at_commits}"),
             ("   acks left out (in flight during a stall), quiet / checkpointing",
              f"{left_out[0]:.1%} / {left_out[1]:.1%}"),
             (f"   the rest: ack p99, quiet ({len(clean_base):,}) / checkpointing ({len(clean_busy):,})",
@@ -749,7 +778,7 @@ def main() -> int:
         # 1.5) would pass anything: no verdict from it, nor with much of it left out.
         spread = bool(quiet_p99s) and max(quiet_p99s) > QUIET_SPREAD * min(quiet_p99s)
         disturbed = max(left_out) > MAX_LEFT_OUT
-        says = "UNRELIABLE" if spread or disturbed else verdict(ok3)
+        says = "UNRELIABLE" if spread or disturbed or not probed else verdict(ok3)
         print(f"{says}: ack p99 while checkpointing {c99b:.2f} ms vs {c99a:.2f} ms without "
               f"(x{ratio:.2f}; target <= x{TARGET_P99_RATIO:.2f}), acks in flight during a disk stall "
               f"{'kept (see below)' if suspect else 'left out'}; {len(taken)} checkpoints")  # fmt: skip
