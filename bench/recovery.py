@@ -22,12 +22,13 @@
    falls in. So the acks of the orders in flight during a stall the probe saw (> 5 ms; from
    2 ms before it to 20 ms after) are left out of the verdict, on both sides; but not those
    around a stall that overlaps a checkpoint's commit (5 ms either side; `commit_ms` of its
-   log line, or its whole span if it made more than one commit), which may be the commit's
-   doing. And none is left out if the checkpointing windows saw more stalls than the quiet
-   ones beyond chance: then the checkpoints may cause them. No step-3 verdict if the probe
-   did not sample all of it. Every window's p99 is printed too, with
-   its stalls. Over 10% of a side's acks left out, or a quiet window's p99 over 3x
-   another's: the machine was disturbed, no verdict.
+   log line, or its whole span if it made more than one commit) and is no longer than that
+   commit took plus 5 ms, which may be the commit's doing (a commit can only hold the disk
+   up while it flushes, and waits for that flush itself). And none is left out if the
+   checkpointing windows saw more stalls than the quiet ones beyond chance: then the
+   checkpoints may cause them. No step-3 verdict if the probe did not sample all of it.
+   Every window's p99 is printed too, with its stalls. Over 10% of a side's acks left out,
+   or a quiet window's p99 over 3x another's: the machine was disturbed, no verdict.
    A diagnostic beside it: of the checkpointing windows' acks slower than the quiet p99,
    the share that arrived while a checkpoint was being taken, against the share of all
    their acks that did. A host stall lands anywhere; a cost of checkpointing lands during
@@ -88,7 +89,8 @@ QUIET_SPREAD = 3.0  # quiet windows' p99s further apart than this: no step-3 ver
 # during a stall are acked together at its end, and those just after wait behind them.
 STALL_BEFORE_NS = 2_000_000
 STALL_AFTER_NS = 20_000_000
-# Unless the stall overlaps a checkpoint's commit, this close (log times are to the ms).
+# Unless the stall overlaps a checkpoint's commit, this close (log times are to the ms), and
+# lasts no more than this longer than the commit did (`stalled_spans`).
 COMMIT_MARGIN_NS = 5_000_000
 # More of either side's acks left out than this: the machine was too disturbed for a verdict.
 MAX_LEFT_OUT = 0.10
@@ -423,16 +425,20 @@ def checkpoint_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> li
     return sorted(spans)
 
 
-def commit_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> list[tuple[int, int]]:
-    """(start, end) of what each logged checkpoint wrote to the disk: its one commit, which
-    ends it (`commit_ms` before its line's time); its whole span where it made more than
-    one (the chunks a prune left come first), or its line does not say."""
+def commit_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> list[tuple[int, int, int]]:
+    """(start, end, ns spent committing) of what each logged checkpoint wrote to the disk:
+    its one commit, which ends it (`commit_ms` before its line's time); its whole span where
+    it made more than one (the chunks a prune left come first). Lines that do not say how
+    long their commits took: the whole span, all of it counted as committing."""
     spans = []
     for line in lines:
         for start, end in checkpoint_spans([line], wall_minus_perf_ns):
-            if line.get("commits") == "1" and "commit_ms" in line:
-                start = max(start, end - int(float(line["commit_ms"]) * 1e6))
-            spans.append((start, end))
+            took = end - start
+            if "commit_ms" in line:
+                took = int(float(line["commit_ms"]) * 1e6)
+                if line.get("commits") == "1":
+                    start = max(start, end - took)
+            spans.append((start, end, took))
     return sorted(spans)
 
 
@@ -496,17 +502,24 @@ class Window:
         return out
 
 
-def stalled_spans(probe: DiskProbe, commits: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], int]:
+def stalled_spans(
+    probe: DiskProbe, commits: list[tuple[int, int, int]]
+) -> tuple[list[tuple[int, int]], int]:
     """Where the disk stalled, as the acks feel it: each probe sync over STALL_MS, from
     STALL_BEFORE_NS before it began to STALL_AFTER_NS after it ended (the backlog it left
-    drains), merged where they overlap; and how many stalls were not taken, for they
-    overlap a checkpoint's commit (`commits`, COMMIT_MARGIN_NS either side): those may be
-    the commit's doing, and the acks they slowed stay in the verdict."""
+    drains), merged where they overlap; and how many stalls were not taken, for a
+    checkpoint's commit may have caused them: they overlap one (`commits`, COMMIT_MARGIN_NS
+    either side) that itself took long enough, at least the stall less COMMIT_MARGIN_NS. A
+    commit's writes can only hold the probe's sync up while they are being flushed, and
+    the commit waits for that flush too; a host stall slows both alike. So a 126 ms stall
+    beside a 2 ms commit is the host's (seen), and a commit that stalls the disk shows as a
+    slow commit, whose stalls stay: the acks they slowed count in the verdict."""
     spans: list[tuple[int, int]] = []
     at_commits = 0
     for start, ms in probe.stalls(0, 1 << 62):
         end = start + int(ms * 1e6)
-        if any(a - COMMIT_MARGIN_NS <= end and start <= b + COMMIT_MARGIN_NS for a, b in commits):
+        if any(a - COMMIT_MARGIN_NS <= end and start <= b + COMMIT_MARGIN_NS
+               and ms * 1e6 <= took + COMMIT_MARGIN_NS for a, b, took in commits):  # fmt: skip
             at_commits += 1
             continue
         a, b = start - STALL_BEFORE_NS, end + STALL_AFTER_NS
