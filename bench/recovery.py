@@ -417,12 +417,14 @@ def timed_acks(res: LoadResult, rate: float) -> list[tuple[int, int]]:
 def checkpoint_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> list[tuple[int, int]]:
     """(start, end) of each logged checkpoint on the perf_counter clock (CLOCK_MONOTONIC,
     the same in every process): its line's time, to the millisecond, is when it ended."""
-    spans = []
-    for line in lines:
-        if "ts" in line and "duration_ms" in line:
-            end = int(datetime.fromisoformat(line["ts"]).timestamp() * 1e9) - wall_minus_perf_ns
-            spans.append((end - int(float(line["duration_ms"]) * 1e6), end))
-    return sorted(spans)
+    return sorted(span for line in lines if (span := _logged_span(line, wall_minus_perf_ns)))
+
+
+def _logged_span(line: dict[str, str], wall_minus_perf_ns: int) -> tuple[int, int] | None:
+    if "ts" not in line or "duration_ms" not in line:
+        return None
+    end = int(datetime.fromisoformat(line["ts"]).timestamp() * 1e9) - wall_minus_perf_ns
+    return end - int(float(line["duration_ms"]) * 1e6), end
 
 
 def commit_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> list[tuple[int, int, int]]:
@@ -432,13 +434,15 @@ def commit_spans(lines: list[dict[str, str]], wall_minus_perf_ns: int) -> list[t
     long their commits took: the whole span, all of it counted as committing."""
     spans = []
     for line in lines:
-        for start, end in checkpoint_spans([line], wall_minus_perf_ns):
-            took = end - start
-            if "commit_ms" in line:
-                took = int(float(line["commit_ms"]) * 1e6)
-                if line.get("commits") == "1":
-                    start = max(start, end - took)
-            spans.append((start, end, took))
+        if (span := _logged_span(line, wall_minus_perf_ns)) is None:
+            continue
+        start, end = span
+        took = end - start
+        if "commit_ms" in line:
+            took = int(float(line["commit_ms"]) * 1e6)
+            if line.get("commits") == "1":
+                start = max(start, end - took)
+        spans.append((start, end, took))
     return sorted(spans)
 
 
@@ -452,17 +456,13 @@ def share_during(times: list[int], spans: list[tuple[int, int]]) -> float:
     return inside / len(times) if times else float("nan")
 
 
-def slow_acks_during_checkpoints(results: list[LoadResult], rate: float, slow_ms: float,
+def slow_acks_during_checkpoints(acks: list[tuple[int, int]], slow_ms: float,
                                  spans: list[tuple[int, int]]) -> str:  # fmt: skip
-    """Of the checkpointing windows' acks slower than `slow_ms`, the share that arrived while a
-    checkpoint was being taken, against the share of all their acks that did: equal if the
-    checkpoints do not make acks slow, higher by as much as they do."""
-    slow, every = [], []
-    for res in results:
-        for t, ns in timed_acks(res, rate):
-            every.append(t)
-            if ns > slow_ms * 1e6:
-                slow.append(t)
+    """Of the checkpointing windows' `acks` ((arrival, latency) ns) slower than `slow_ms`, the
+    share that arrived while a checkpoint was being taken, against the share of all of them
+    that did: equal if the checkpoints do not make acks slow, higher by as much as they do."""
+    every = [t for t, _ in acks]
+    slow = [t for t, ns in acks if ns > slow_ms * 1e6]
     if not slow or not spans:
         return "-"
     return f"{share_during(slow, spans):.0%} of {len(slow):,} / {share_during(every, spans):.0%}"
@@ -474,7 +474,6 @@ class Window:
     its span on the perf_counter clock (first send to last ack)."""
 
     checkpointing: bool
-    result: LoadResult
     acks: list[tuple[int, int]]
     start: int
     end: int
@@ -482,7 +481,7 @@ class Window:
     @classmethod
     def of(cls, checkpointing: bool, res: LoadResult, rate: float) -> Window:
         acks = timed_acks(res, rate)
-        return cls(checkpointing, res, acks, res.first_send_ns, acks[-1][0] if acks else res.first_send_ns)
+        return cls(checkpointing, acks, res.first_send_ns, acks[-1][0] if acks else res.first_send_ns)
 
     @property
     def label(self) -> str:
@@ -546,12 +545,6 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def latencies_ms(result: LoadResult) -> list[float]:
-    lat = array("q")
-    lat.frombytes(result.latencies_ns)
-    return [v / 1e6 for v in lat]
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -756,7 +749,7 @@ def main() -> int:
              window_medians([pct(w.latencies(), 0.99) for w in windows if w.checkpointing],
                             [pct(w.latencies(), 0.99) for w in windows if not w.checkpointing])),
             ("   acks > quiet p99 during a checkpoint / all (diagnostic)",
-             slow_acks_during_checkpoints([w.result for w in windows if w.checkpointing], sz.rate,
+             slow_acks_during_checkpoints([a for w in windows if w.checkpointing for a in w.acks],
                                           p99a, spans)),
             (f"   checkpoints written in the window ({signals} SIGUSR1)", f"{len(taken)}"),
             ("   per quiet window: snapshotter CPU; disk written", costs[False].per_window()),
